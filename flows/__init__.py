@@ -1,0 +1,1 @@
+"""Orchestration over :mod:`pruning`: config, file-level stages, Prefect flows, MLflow tracking, the CLI."""

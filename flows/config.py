@@ -1,0 +1,187 @@
+"""The params.yaml schema: one pydantic model per stage, validated before any work starts."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pruning.data import DATASETS
+from pruning.errors import PruneBenchError
+from pruning.methods import resolve
+from pruning.models import list_models
+from pruning.steps import SCOPES
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataParams(_Section):
+    dataset: str = "digits"
+    root: str = "data/raw"
+    download: bool = False
+    prepared_dir: str = "data"
+    batch_size: int = Field(64, ge=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def known_dataset(cls, v):
+        if v in ("digits", "cifar10", "cifar100"):
+            return v
+        if v.startswith("imagefolder:"):
+            if not Path(v.split(":", 1)[1]).is_dir():
+                raise ValueError(f"imagefolder path {v.split(':', 1)[1]!r} does not exist")
+            return v
+        raise ValueError(f"unknown dataset {v!r}; choose one of: {', '.join(DATASETS)}")
+
+
+class ModelParams(_Section):
+    name: str = "resnet20"
+    checkpoint: Optional[str] = None
+
+    @field_validator("name")
+    @classmethod
+    def known_model(cls, v):
+        if v.startswith("timm/") or v in list_models():
+            return v
+        raise ValueError(f"unknown model {v!r}; choose one of: {', '.join(list_models())}")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def checkpoint_exists(cls, v):
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"checkpoint {v!r} does not exist")
+        return v
+
+
+class TrainParams(_Section):
+    epochs: int = Field(2, ge=0)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+
+
+class SparsifyParams(_Section):
+    epochs: int = Field(2, ge=0)
+    lr: float = Field(0.01, gt=0)
+    reg: float = Field(5e-4, ge=0)
+    delta_reg: float = Field(1e-4, ge=0)
+
+
+class PruneParams(_Section):
+    scope: str = "protected"
+    protect: float = Field(0.1, ge=0, lt=1)
+    steps: int = Field(100, ge=1)
+    calibration_batches: int = Field(4, ge=1)
+
+    @field_validator("scope")
+    @classmethod
+    def known_scope(cls, v):
+        return _scope(v)
+
+
+class EvaluateParams(_Section):
+    latency_batch: int = Field(32, ge=1)
+    latency_repeats: int = Field(20, ge=1)
+
+
+class BenchmarkParams(_Section):
+    methods: List[str] = Field(default_factory=lambda: ["l2"], min_length=1)
+    speedups: List[float] = Field(default_factory=lambda: [2.0], min_length=1)
+    scopes: List[str] = Field(default_factory=lambda: ["protected"], min_length=1)
+    concurrency: int = Field(1, ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def known_methods(cls, v):
+        for name in v:
+            try:
+                resolve(name)
+            except PruneBenchError as e:
+                raise ValueError(str(e))
+        return v
+
+    @field_validator("speedups")
+    @classmethod
+    def speedups_above_one(cls, v):
+        bad = [s for s in v if not s > 1]
+        if bad:
+            raise ValueError(f"every speedup must be > 1 (dense MACs / pruned MACs); got {bad}")
+        return v
+
+    @field_validator("scopes")
+    @classmethod
+    def known_scopes(cls, v):
+        return [_scope(s) for s in v]
+
+
+class TrackingParams(_Section):
+    mlflow_uri: str = "sqlite:///mlflow.db"
+
+
+class Params(_Section):
+    seed: int = 0
+    data: DataParams = Field(default_factory=DataParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    pretrain: TrainParams = Field(default_factory=lambda: TrainParams(epochs=12, lr=0.1))
+    sparsify: SparsifyParams = Field(default_factory=SparsifyParams)
+    prune: PruneParams = Field(default_factory=PruneParams)
+    finetune: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    profiles: dict = Field(default_factory=dict)
+
+
+def _scope(v: str) -> str:
+    if v not in SCOPES:
+        raise ValueError(f"unknown scope {v!r}; choose one of: {', '.join(SCOPES)}")
+    return v
+
+
+def load_params(path: str | Path = "params.yaml", profile: Optional[str] = None,
+                overrides: Optional[dict] = None) -> Params:
+    """Read, merge (profile, then overrides: nested dicts), and validate; every problem is listed in one error."""
+    path = Path(path)
+    raw = {}
+    if path.is_file():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise PruneBenchError(f"{path} is not valid YAML: {e}")
+        if not isinstance(raw, dict):
+            raise PruneBenchError(f"{path} must hold a mapping of stage sections")
+    if profile:
+        profiles = raw.get("profiles") or {}
+        if profile not in profiles:
+            raise PruneBenchError(f"unknown profile {profile!r}; {path} defines: {', '.join(profiles) or 'none'}")
+        raw = deep_merge(raw, profiles[profile])
+    raw = deep_merge(raw, overrides or {})
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise PruneBenchError(format_errors(e, path))
+
+
+def format_errors(error: ValidationError, path: Path) -> str:
+    lines = [f"{path}: {error.error_count()} problem(s):"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  - {where}: {message}")
+    return "\n".join(lines)
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in (update or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged

@@ -1,0 +1,18 @@
+"""Quiet, offline defaults for every tool prunebench drives: no telemetry, nothing reaches the network."""
+import os
+
+QUIET = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "YOLO_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+}
+
+
+def quiet_environment() -> None:
+    """Set the no-telemetry variables unless the user set them already."""
+    for key, value in QUIET.items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,200 @@
+"""File-level stages: each reads its inputs from files and writes its outputs to files.
+
+These are the units the Prefect tasks wrap and the CLI calls directly; they import no orchestration, so
+``prunebench prune`` stays fast.  A stage never leaves a half-written output behind (checkpoints are atomic).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import pruning
+from pruning.data import DataBundle
+from pruning.train import Recipe
+
+from .config import Params
+
+OnEpoch = Optional[Callable[[dict], None]]
+
+
+# --------------------------------------------------------------------------- data
+def dataset_slug(name: str) -> str:
+    if name.startswith("imagefolder:"):
+        return "imagefolder-" + Path(name.split(":", 1)[1]).resolve().name
+    return name
+
+
+def prepared_path(params: Params) -> Path:
+    return Path(params.data.prepared_dir) / dataset_slug(params.data.dataset)
+
+
+def prepare(params: Params) -> Path:
+    """Materialise the dataset into ``data/<name>/`` (the DVC-versioned form every later stage reads)."""
+    bundle = pruning.load_data(params.data.dataset, params.data.root, params.data.download)
+    return pruning.materialize(bundle, prepared_path(params))
+
+
+def load_bundle(params: Params) -> DataBundle:
+    """The prepared copy when there is one, else the dataset straight from its source."""
+    prepared = prepared_path(params)
+    if (prepared / "meta.json").is_file():
+        return pruning.load_data(str(prepared))
+    return pruning.load_data(params.data.dataset, params.data.root, params.data.download)
+
+
+def loaders(params: Params, bundle: DataBundle, augment: bool = True):
+    batch = params.data.batch_size
+    return (bundle.loader("train", batch, shuffle=True, augment=augment and bundle.spec.input_size >= 16,
+                          seed=params.seed),
+            bundle.loader("val", 256), bundle.loader("test", 256))
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _save(path: Path, model, params: Params, bundle: DataBundle, extra: Optional[dict] = None) -> Path:
+    spec = bundle.spec
+    return pruning.save_checkpoint(path, model, model_name=params.model.name, num_classes=spec.num_classes,
+                                   in_chans=spec.in_chans, input_size=spec.input_size, extra=extra)
+
+
+def _load(path: Path, params: Params, bundle: DataBundle):
+    model, meta = pruning.load_checkpoint(path, expect_model=params.model.name,
+                                          expect_classes=bundle.spec.num_classes)
+    return model, meta
+
+
+# --------------------------------------------------------------------------- pretrain
+def pretrain(params: Params, out: Path, on_epoch: OnEpoch = None) -> dict:
+    """Train the dense baseline (or load ``model.checkpoint`` weights) and save it to ``out``."""
+    pruning.seed_everything(params.seed)
+    bundle = load_bundle(params)
+    spec = bundle.spec
+    model = pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size)
+    start = time.perf_counter()
+    history = []
+    if params.model.checkpoint:
+        pruning.load_weights(model, params.model.checkpoint)
+    else:
+        train_loader, val_loader, _ = loaders(params, bundle)
+        history = pruning.train(model, train_loader, Recipe(**params.pretrain.model_dump()), val_loader,
+                                on_epoch=on_epoch)
+    seconds = time.perf_counter() - start
+    acc = pruning.accuracy(model, bundle.loader("test", 256))
+    _save(Path(out), model, params, bundle, {"acc_dense": acc, "seconds_pretrain": seconds})
+    return {"acc_dense": acc, "seconds_pretrain": seconds, "history": history, "checkpoint": str(out)}
+
+
+def baseline_key(params: Params) -> str:
+    """What the dense baseline depends on: model, data, pretraining recipe, seed, starting weights."""
+    parts = {"model": params.model.model_dump(), "data": params.data.dataset, "pretrain": params.pretrain.model_dump(),
+             "seed": params.seed, "version": 1}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def dense_baseline(params: Params, cache_dir: Path = Path("models/cache"), on_epoch: OnEpoch = None) -> Path:
+    """A cached dense baseline for these params, trained on first use."""
+    slug = params.model.name.replace("/", "-")
+    path = Path(cache_dir) / f"dense-{slug}-{dataset_slug(params.data.dataset)}-{baseline_key(params)}.pt"
+    if not path.is_file():
+        pretrain(params, path, on_epoch=on_epoch)
+    return path
+
+
+# --------------------------------------------------------------------------- the trial stages
+def sparsify_stage(params: Params, method: str, dense: Path, out: Path, on_epoch: OnEpoch = None) -> dict:
+    """Sparse training with the method's sparsifier; a method without one passes the dense checkpoint through."""
+    pair = pruning.resolve(method)
+    bundle = load_bundle(params)
+    model, _ = _load(Path(dense), params, bundle)
+    start = time.perf_counter()
+    history = []
+    if pair.sparsifier is not None:
+        pruning.seed_everything(params.seed)
+        train_loader, val_loader, _ = loaders(params, bundle)
+        sp = params.sparsify
+        history = pruning.sparsify(model, bundle.spec.example_inputs(), pair.sparsifier.name, train_loader,
+                                   Recipe(epochs=sp.epochs, lr=sp.lr), criterion=pair.criterion.name,
+                                   val_loader=val_loader, on_epoch=on_epoch, reg=sp.reg, delta_reg=sp.delta_reg)
+    seconds = time.perf_counter() - start
+    _save(Path(out), model, params, bundle)
+    return {"seconds_sparsify": seconds, "sparsify_history": history}
+
+
+def prune_stage(params: Params, method: str, speedup: float, scope: str, source: Path, out: Path) -> dict:
+    """Prune a checkpoint to the MACs speedup target; record the report and accuracy before finetuning."""
+    pruning.seed_everything(params.seed)
+    bundle = load_bundle(params)
+    model, _ = _load(Path(source), params, bundle)
+    calibration = bundle.loader("train", params.data.batch_size, shuffle=True, seed=params.seed)
+    p = params.prune
+    model, report = pruning.prune(model, bundle.spec.example_inputs(), method, speedup, scope, data=calibration,
+                                  protect=p.protect, steps=p.steps, calibration_batches=p.calibration_batches,
+                                  num_classes=bundle.spec.num_classes)
+    acc = pruning.accuracy(model, bundle.loader("test", 256))
+    summary = report.summary()
+    _save(Path(out), model, params, bundle, {"report": summary})
+    return {**summary, "acc_pruned": acc, "channels": report.channels}
+
+
+def finetune_stage(params: Params, source: Path, out: Path, epochs: Optional[int] = None,
+                   on_epoch: OnEpoch = None) -> dict:
+    pruning.seed_everything(params.seed)
+    bundle = load_bundle(params)
+    model, meta = _load(Path(source), params, bundle)
+    ft = params.finetune.model_dump()
+    if epochs is not None:
+        ft["epochs"] = epochs
+    train_loader, val_loader, _ = loaders(params, bundle)
+    start = time.perf_counter()
+    history = pruning.finetune(model, train_loader, Recipe(**ft), val_loader, on_epoch=on_epoch)
+    seconds = time.perf_counter() - start
+    _save(Path(out), model, params, bundle, meta.get("extra"))
+    return {"seconds_finetune": seconds, "finetune_history": history}
+
+
+def evaluate_stage(params: Params, checkpoint: Path) -> dict:
+    """Test accuracy, MACs, params and CPU latency (batch 1 and ``evaluate.latency_batch``) of a checkpoint."""
+    bundle = load_bundle(params)
+    model, _ = _load(Path(checkpoint), params, bundle)
+    start = time.perf_counter()
+    e = params.evaluate
+    metrics = pruning.evaluate(model, bundle.loader("test", 256), bundle.spec.example_inputs(),
+                               latency_batch=e.latency_batch, repeats=e.latency_repeats)
+    metrics["seconds_evaluate"] = time.perf_counter() - start
+    return metrics
+
+
+def compare(dense: dict, pruned: dict, latency_batch: int) -> dict:
+    """Latency speedups beside the MACs speedup: MACs can fall while wall time does not."""
+    key = f"latency_b{latency_batch}"
+    return {"latency_speedup": dense["latency_b1"] / pruned["latency_b1"],
+            f"latency_speedup_b{latency_batch}": dense[key] / pruned[key]}
+
+
+def run_trial(params: Params, method: str, speedup: float, scope: str, dense: Path, out: Path,
+              work_dir: Path, finetune_epochs: Optional[int] = None, dense_metrics: Optional[dict] = None,
+              on_epoch: OnEpoch = None) -> dict:
+    """sparsify -> prune -> finetune -> evaluate, through files in ``work_dir``; the result as one flat dict."""
+    work_dir = Path(work_dir)
+    start = time.perf_counter()
+    dense_metrics = dense_metrics or evaluate_stage(params, dense)
+    sparse = sparsify_stage(params, method, dense, work_dir / "sparse.pt", on_epoch)
+    pruned = prune_stage(params, method, speedup, scope, work_dir / "sparse.pt", work_dir / "pruned.pt")
+    epochs = params.finetune.epochs if finetune_epochs is None else finetune_epochs
+    tuned = finetune_stage(params, work_dir / "pruned.pt", Path(out), epochs, on_epoch) if epochs > 0 else \
+        {"seconds_finetune": 0.0, "finetune_history": []}
+    if epochs == 0:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes((work_dir / "pruned.pt").read_bytes())
+    final = evaluate_stage(params, Path(out))
+    lb = params.evaluate.latency_batch
+    return {
+        **pruned, **sparse, **tuned,
+        "acc_dense": dense_metrics["acc"], "acc_finetuned": final["acc"] if epochs > 0 else None,
+        "latency_dense_b1": dense_metrics["latency_b1"], "latency_pruned_b1": final["latency_b1"],
+        **compare(dense_metrics, final, lb),
+        "seconds_evaluate": final["seconds_evaluate"], "seconds_total": time.perf_counter() - start,
+        "checkpoint": str(out),
+    }

@@ -1,0 +1,28 @@
+"""prunebench's pruning library: models, data, methods, metrics and the four steps of PruningBench.
+
+    sparsify -> group -> prune -> finetune, then evaluate
+
+It imports no orchestration (Prefect, MLflow, DVC, Optuna): use it alone, or through ``flows``.
+
+Example::
+
+    import pruning
+    bundle = pruning.load_data("digits")
+    model = pruning.create_model("resnet20", bundle.spec.num_classes)
+    model, report = pruning.prune(model, bundle.spec.example_inputs(), method="lamp", speedup=2.0)
+"""
+from .checkpoint import load_checkpoint, load_weights, read_checkpoint, save_checkpoint
+from .data import DataBundle, DataSpec, load_data, materialize
+from .errors import PruneBenchError
+from .methods import get_method, list_methods, resolve
+from .metrics import accuracy, count_macs_params, measure_latency
+from .models import create_model, list_models
+from .steps import SCOPES, PruneReport, evaluate, finetune, group, prune, sparsify
+from .train import Recipe, seed_everything, train
+
+__all__ = [
+    "DataBundle", "DataSpec", "PruneBenchError", "PruneReport", "Recipe", "SCOPES", "accuracy",
+    "count_macs_params", "create_model", "evaluate", "finetune", "get_method", "group", "list_methods",
+    "list_models", "load_checkpoint", "load_data", "load_weights", "materialize", "measure_latency", "prune",
+    "read_checkpoint", "resolve", "save_checkpoint", "seed_everything", "sparsify", "train",
+]

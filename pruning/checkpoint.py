@@ -1,0 +1,103 @@
+"""Checkpoints that load without unpickling code.
+
+A checkpoint is one ``torch.save`` file holding only tensors, strings and numbers, so it loads with
+``torch.load(weights_only=True)``: the weights, the recipe to rebuild the architecture (model name, classes,
+channels, input size) and Torch-Pruning's pruning history, replayed on a freshly built model before the weights
+are loaded.  Files are written atomically: a crash never leaves a half-written checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .errors import PruneBenchError
+from .models import create_model
+
+FORMAT = "prunebench-checkpoint/1"
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, model_name: str, num_classes: int,
+                    in_chans: int, input_size: int, extra: Optional[dict] = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "model": model_name, "num_classes": num_classes, "in_chans": in_chans, "input_size": input_size,
+        "pruning_history": list(getattr(model, "prunebench_history", [])),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The checkpoint's contents, validated, without building the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise PruneBenchError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise PruneBenchError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}: {e})")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise PruneBenchError(f"{path} is not a prunebench checkpoint (no {FORMAT!r} header)")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, *, expect_model: Optional[str] = None,
+                    expect_classes: Optional[int] = None) -> tuple[nn.Module, dict]:
+    """Rebuild the (possibly pruned) model from a checkpoint; return it with the checkpoint's metadata."""
+    payload = read_checkpoint(path)
+    if expect_model is not None and payload["model"] != expect_model:
+        raise PruneBenchError(f"checkpoint {path} holds a {payload['model']!r}, not a {expect_model!r}")
+    if expect_classes is not None and payload["num_classes"] != expect_classes:
+        raise PruneBenchError(f"checkpoint {path} has {payload['num_classes']} classes; the dataset has "
+                              f"{expect_classes}")
+    model = create_model(payload["model"], payload["num_classes"], payload["in_chans"], payload["input_size"])
+    history = payload["pruning_history"]
+    if history:
+        example = torch.randn(1, payload["in_chans"], payload["input_size"], payload["input_size"])
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        graph.load_pruning_history([(name, is_out, list(idxs)) for name, is_out, idxs in history])
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise PruneBenchError(f"checkpoint {path} does not match the {payload['model']!r} architecture: "
+                              f"{str(e).splitlines()[0]}")
+    model.prunebench_history = list(history)
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model, meta
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load plain weights (a state dict in ``.pt``/``.pth`` or ``.safetensors``) into a dense model."""
+    path = Path(path)
+    if not path.is_file():
+        raise PruneBenchError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+        model.load_state_dict(state, strict=True)
+    except PruneBenchError:
+        raise
+    except Exception as e:
+        raise PruneBenchError(f"cannot load weights from {path}: {str(e).splitlines()[0]}")
+    return model

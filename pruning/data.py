@@ -1,0 +1,216 @@
+"""Datasets: the embedded ``digits`` default, CIFAR-10/100 from a local root, and ``imagefolder:<path>``.
+
+Every dataset comes as a :class:`DataBundle` of train/val/test splits of (image, label) tensors, already at the
+model's input size.  ``materialize`` writes a bundle as ``.npz`` files (uint8 images), the form the DVC ``prepare``
+stage versions; ``load_data`` reads that form back when given the folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .errors import PruneBenchError, unknown_choice
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:<path>")
+SPLITS = ("train", "val", "test")
+_MEAN, _STD = 0.5, 0.25  # one normalisation for uint8 data of every source: keeps prepared data source-agnostic
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str
+    num_classes: int
+    in_chans: int
+    input_size: int
+
+    def example_inputs(self, batch: int = 1) -> torch.Tensor:
+        return torch.randn(batch, self.in_chans, self.input_size, self.input_size)
+
+
+@dataclass
+class DataBundle:
+    spec: DataSpec
+    splits: dict  # split name -> (uint8 images N x C x H x W, int64 labels N)
+
+    def dataset(self, split: str, augment: bool = False) -> Dataset:
+        images, labels = self.splits[split]
+        return ArrayDataset(images, labels, augment=augment)
+
+    def loader(self, split: str, batch_size: int = 64, shuffle: bool = False, augment: bool = False,
+               seed: int = 0) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(self.dataset(split, augment), batch_size=batch_size, shuffle=shuffle,
+                          generator=generator, num_workers=0)
+
+
+class ArrayDataset(Dataset):
+    """uint8 images normalised on the fly; ``augment`` adds the CIFAR recipe (pad-4 random crop, h-flip)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool = False):
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.augment = augment
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = (self.images[i].float() / 255.0 - _MEAN) / _STD
+        if self.augment:
+            x = _random_crop_flip(x)
+        return x, self.labels[i]
+
+
+def _random_crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    top, left = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+    x = padded[:, top:top + h, left:left + w]
+    return x.flip(-1) if torch.rand(()) < 0.5 else x
+
+
+# --------------------------------------------------------------------------- public entry points
+def load_data(name: str, root: str | os.PathLike = "data", download: bool = False,
+              input_size: Optional[int] = None) -> DataBundle:
+    """Load a dataset by name, or a prepared folder (written by :func:`materialize`) by path.
+
+    ``root`` is where CIFAR lives (torchvision layout); it is read only, unless ``download`` is set.
+    """
+    prepared = Path(name)
+    if (prepared / "meta.json").is_file():
+        return _load_prepared(prepared)
+    if name == "digits":
+        return _digits(input_size or 32)
+    if name in ("cifar10", "cifar100"):
+        return _cifar(name, Path(root), download, input_size or 32)
+    if name.startswith("imagefolder:"):
+        return _imagefolder(Path(name.split(":", 1)[1]), input_size or 32)
+    raise unknown_choice("dataset", name, DATASETS)
+
+
+def materialize(bundle: DataBundle, out_dir: str | os.PathLike) -> Path:
+    """Write a bundle as ``<split>.npz`` + ``meta.json`` into ``out_dir``, atomically (a crash leaves no half folder)."""
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        _rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for split, (images, labels) in bundle.splits.items():
+        np.savez(tmp / f"{split}.npz", images=images, labels=labels)
+    (tmp / "meta.json").write_text(json.dumps(asdict(bundle.spec), indent=2) + "\n")
+    if out.exists():
+        _rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _load_prepared(folder: Path) -> DataBundle:
+    try:
+        spec = DataSpec(**json.loads((folder / "meta.json").read_text()))
+        splits = {}
+        for split in SPLITS:
+            with np.load(folder / f"{split}.npz") as f:
+                splits[split] = (f["images"], f["labels"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PruneBenchError(f"prepared dataset {folder} is incomplete or corrupt ({e}); run `prunebench prepare` again")
+    return DataBundle(spec, splits)
+
+
+def _rmtree(path: Path):
+    import shutil
+    shutil.rmtree(path)
+
+
+# --------------------------------------------------------------------------- sources
+def _to_uint8_chw(images: torch.Tensor, size: int, channels: int = 3) -> np.ndarray:
+    """float images N x C x h x w in [0, 1] -> uint8 N x channels x size x size (grey is repeated)."""
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    if images.shape[1] == 1 and channels == 3:
+        images = images.repeat(1, 3, 1, 1)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def _stratified_split(labels: np.ndarray, fractions=(0.7, 0.15, 0.15), seed: int = 0):
+    """Index arrays for train/val/test, stratified by label, fixed by ``seed``."""
+    from sklearn.model_selection import train_test_split
+    idx = np.arange(len(labels))
+    train, rest = train_test_split(idx, train_size=fractions[0], stratify=labels, random_state=seed)
+    val, test = train_test_split(rest, train_size=fractions[1] / (fractions[1] + fractions[2]),
+                                 stratify=labels[rest], random_state=seed)
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _digits(size: int) -> DataBundle:
+    """scikit-learn's bundled handwritten digits (1797 real 8x8 scans), resized, with a fixed stratified split."""
+    from sklearn.datasets import load_digits
+    raw = load_digits()
+    images = torch.tensor(raw.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = raw.target.astype(np.int64)
+    images = _to_uint8_chw(images, size)
+    parts = _stratified_split(labels)
+    splits = {s: (images[i], labels[i]) for s, i in zip(SPLITS, parts)}
+    return DataBundle(DataSpec("digits", 10, 3, size), splits)
+
+
+def _cifar(name: str, root: Path, download: bool, size: int) -> DataBundle:
+    from torchvision import datasets
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except RuntimeError as e:
+        raise PruneBenchError(f"{name} not found under {root} ({e}); put the torchvision files there "
+                              f"or pass --download")
+    def arrays(ds):
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255.0
+        return _to_uint8_chw(x, size), np.asarray(ds.targets, dtype=np.int64)
+    x_train, y_train = arrays(train)
+    x_test, y_test = arrays(test)
+    tr, va = _holdout(y_train, 0.1)
+    splits = {"train": (x_train[tr], y_train[tr]), "val": (x_train[va], y_train[va]), "test": (x_test, y_test)}
+    return DataBundle(DataSpec(name, 100 if name == "cifar100" else 10, 3, size), splits)
+
+
+def _holdout(labels: np.ndarray, fraction: float, seed: int = 0):
+    from sklearn.model_selection import train_test_split
+    idx = np.arange(len(labels))
+    train, val = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def _imagefolder(path: Path, size: int) -> DataBundle:
+    """``path/<class>/<image>`` (split 70/15/15), or ``path/{train,val,test}/<class>/<image>``."""
+    from torchvision import datasets, transforms
+    if not path.is_dir():
+        raise PruneBenchError(f"imagefolder path {path} does not exist or is not a folder")
+    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
+    def arrays(folder: Path):
+        try:
+            ds = datasets.ImageFolder(str(folder), transform=tf)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise PruneBenchError(f"imagefolder {folder}: {e}")
+        xs = torch.stack([ds[i][0] for i in range(len(ds))])
+        channels = 3 if xs.shape[1] in (1, 3) else xs.shape[1]
+        return _to_uint8_chw(xs, size, channels), np.asarray(ds.targets, dtype=np.int64), ds.classes
+    if (path / "train").is_dir():
+        parts = {s: arrays(path / s) for s in SPLITS if (path / s).is_dir()}
+        if "val" not in parts:
+            raise PruneBenchError(f"imagefolder {path} has train/ but no val/ folder")
+        parts.setdefault("test", parts["val"])
+        classes = parts["train"][2]
+        splits = {s: (x, y) for s, (x, y, _) in parts.items()}
+    else:
+        images, labels, classes = arrays(path)
+        idx = _stratified_split(labels)
+        splits = {s: (images[i], labels[i]) for s, i in zip(SPLITS, idx)}
+    channels = splits["train"][0].shape[1]
+    return DataBundle(DataSpec(f"imagefolder:{path}", len(classes), channels, size), splits)

@@ -1,0 +1,140 @@
+"""Data-driven criteria: first-order Taylor, OBD-Hessian and OBD-C (EigenDamage).
+
+Each is a Torch-Pruning importance with a ``calibrate(model, batches, pruner)`` method that runs once over the
+calibration batches.  Calibration leaves its statistics in the parameters' ``.grad``, which Torch-Pruning slices
+along with the weights whenever channels are removed, so iterative pruning needs one calibration pass, not one per
+step.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Tuple
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from .base import CRITERION, register
+
+Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def _trainable(model: nn.Module):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class TaylorImportance(tp.importance.GroupTaylorImportance):
+    """|w * dL/dw| summed over the channel's weights, with the gradient of the mean loss over the calibration set."""
+
+    def calibrate(self, model: nn.Module, batches: Batches, pruner=None) -> int:
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        batches = list(batches)
+        total = sum(len(y) for _, y in batches)
+        for x, y in batches:
+            (F.cross_entropy(model(x), y, reduction="sum") / total).backward()
+        return total
+
+
+class HessianImportance(tp.importance.GroupHessianImportance):
+    """OBD with a diagonal Hessian: mean over samples of (dL_i/dw)^2 * w^2, summed over the channel's weights.
+
+    Torch-Pruning 1.6.1's ``accumulate_grad`` tests ``name`` against a dict keyed by parameters, so it keeps only the
+    last sample's gradient; here every sample counts.  ``calibrate`` computes per-sample gradients with
+    ``torch.func`` (vmap over the batch) and stores their mean square in ``.grad``.
+    """
+
+    def accumulate_grad(self, model: nn.Module) -> None:
+        """Torch-Pruning's API: add the current ``.grad`` (of one sample's loss) to the running sum of squares."""
+        for param in _trainable(model):
+            if param.grad is None:
+                continue
+            square = param.grad.detach().pow(2)
+            if param in self._accu_grad:
+                self._accu_grad[param] += square
+                self._counter[param] += 1
+            else:
+                self._accu_grad[param] = square.clone()
+                self._counter[param] = 1
+
+    def calibrate(self, model: nn.Module, batches: Batches, pruner=None) -> int:
+        model.eval()
+        self.zero_grad()
+        sums = {name: torch.zeros_like(p) for name, p in model.named_parameters() if p.requires_grad}
+        count = 0
+        for x, y in batches:
+            for name, sq in _per_sample_grad_squares(model, x, y).items():
+                sums[name] += sq
+            count += len(y)
+        for name, p in model.named_parameters():
+            if name in sums:
+                p.grad = sums[name] / count
+        return count
+
+
+def _per_sample_grad_squares(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Sum over the batch of each sample's squared gradient, per parameter name."""
+    from torch.func import functional_call, grad, vmap
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    buffers = dict(model.named_buffers())
+
+    def sample_loss(p, xi, yi):
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    n_params = sum(p.numel() for p in params.values())
+    chunk = max(1, min(len(y), int(64e6 // max(n_params, 1))))  # bound memory: chunk x n_params floats
+    try:
+        grads = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk)(params, x, y)
+        return {n: g.pow(2).sum(0) for n, g in grads.items()}
+    except RuntimeError:  # an op without a batching rule: fall back to one backward pass per sample
+        sums = {n: torch.zeros_like(p) for n, p in params.items()}
+        named = dict(model.named_parameters())
+        for xi, yi in zip(x, y):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xi.unsqueeze(0)), yi.unsqueeze(0)).backward()
+            for n in sums:
+                if named[n].grad is not None:
+                    sums[n] += named[n].grad.pow(2)
+        model.zero_grad(set_to_none=True)
+        return sums
+
+
+class OBDCImportance(HessianImportance):
+    """OBD with the true Fisher: like ``hessian`` but with labels sampled from the model's own predictions.
+
+    This is what Torch-Pruning's ``OBDCImportance`` estimates (per-sample squared gradients of conv/linear weights
+    under sampled labels).  Its Fisher buffers are not re-indexed when a layer loses output channels, so they break
+    after the first pruning step; kept in ``.grad`` here, they stay aligned with the weights.
+    """
+
+    def __init__(self, num_classes: int | None = None):
+        super().__init__(target_types=[nn.modules.conv._ConvNd, nn.Linear])
+        self.num_classes = num_classes
+
+    def calibrate(self, model: nn.Module, batches: Batches, pruner=None) -> int:
+        generator = torch.Generator().manual_seed(0)
+        model.eval()
+
+        def sampled(x, _):
+            with torch.no_grad():
+                return torch.multinomial(torch.softmax(model(x), 1), 1, generator=generator).view(-1)
+        return super().calibrate(model, [(x, sampled(x, y)) for x, y in batches], pruner)
+
+
+@register("taylor", CRITERION, needs_data=True, summary="first-order Taylor expansion |w * grad|",
+          reference="Molchanov et al., Importance Estimation for Neural Network Pruning, CVPR 2019")
+def taylor(**_):
+    return TaylorImportance()
+
+
+@register("hessian", CRITERION, needs_data=True, summary="OBD: mean per-sample grad^2 * w^2 (diagonal Hessian)",
+          reference="LeCun et al., Optimal Brain Damage, NeurIPS 1989")
+def hessian(**_):
+    return HessianImportance()
+
+
+@register("obdc", CRITERION, needs_data=True, summary="OBD with the true Fisher diagonal (labels sampled from the model)",
+          reference="Wang et al., EigenDamage, ICML 2019")
+def obdc(num_classes: int = 1000, **_):
+    return OBDCImportance(num_classes=num_classes)
