@@ -161,23 +161,40 @@ def _digits(size: int) -> DataBundle:
     return DataBundle(DataSpec("digits", 10, 3, size), splits)
 
 
+_CIFAR = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
+          "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels")}
+
+
 def _cifar(name: str, root: Path, download: bool, size: int) -> DataBundle:
-    from torchvision import datasets
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    try:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
-    except RuntimeError as e:
-        raise PruneBenchError(f"{name} not found under {root} ({e}); put the torchvision files there "
+    """CIFAR in the python-pickle layout torchvision downloads (``<root>/cifar-10-batches-py/...``)."""
+    folder_name, train_files, test_file, label_key = _CIFAR[name]
+    folder = root / folder_name
+    if download and not folder.is_dir():
+        from torchvision import datasets
+        (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)(str(root), download=True)
+    if not folder.is_dir():
+        raise PruneBenchError(f"{name} not found: expected {folder} (torchvision's layout); put the files there "
                               f"or pass --download")
-    def arrays(ds):
-        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255.0
-        return _to_uint8_chw(x, size), np.asarray(ds.targets, dtype=np.int64)
-    x_train, y_train = arrays(train)
-    x_test, y_test = arrays(test)
+    x_train, y_train = _read_cifar(folder, train_files, label_key)
+    x_test, y_test = _read_cifar(folder, [test_file], label_key)
+    x_train, x_test = (_to_uint8_chw(torch.from_numpy(x).float() / 255.0, size) for x in (x_train, x_test))
     tr, va = _holdout(y_train, 0.1)
     splits = {"train": (x_train[tr], y_train[tr]), "val": (x_train[va], y_train[va]), "test": (x_test, y_test)}
     return DataBundle(DataSpec(name, 100 if name == "cifar100" else 10, 3, size), splits)
+
+
+def _read_cifar(folder: Path, files: list, label_key: bytes):
+    import pickle
+    images, labels = [], []
+    for file in files:
+        try:
+            with open(folder / file, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")  # the CIFAR distribution format is pickled numpy
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(batch[label_key])
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+            raise PruneBenchError(f"CIFAR file {folder / file} is missing or corrupt ({type(e).__name__}: {e})")
+    return np.concatenate(images), np.asarray(labels, dtype=np.int64)
 
 
 def _holdout(labels: np.ndarray, fraction: float, seed: int = 0):

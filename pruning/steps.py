@@ -16,6 +16,7 @@ from .errors import PruneBenchError, unknown_choice
 from .methods import CRITERION, SPARSIFIER, get_method, resolve
 from .metrics import accuracy, channel_table, count_macs_params, layer_widths, measure_latency
 from .models import classifier_layers
+from .timm_support import FAMILY_OPTIONS, family_options
 from .train import Recipe, train
 
 SCOPES = ("local", "global", "protected", "isomorphic")
@@ -95,20 +96,30 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
     data-driven criteria calibrate once on the first ``calibration_batches`` of it.  ``scope`` is one of
     ``local`` (same ratio per layer), ``global``, ``protected`` (global, every group keeps >= ``protect`` of its
     channels) and ``isomorphic`` (global ranking within buckets of structurally identical groups, with protection).
-    Extra keyword options go to Torch-Pruning's ``BasePruner`` (e.g. ``num_heads``, ``head_pruning_ratio``).
+    ``head_ratio`` and ``head_dim_ratio`` control attention pruning (see :func:`pruning.timm_support.family_options`);
+    other keyword options go to Torch-Pruning's ``BasePruner`` (e.g. ``num_heads``, ``customized_pruners``).
     """
     importance, name, needs_data = _importance(method, model, example_inputs, num_classes)
     _validate(speedup, scope, protect, steps, name, needs_data, data)
     num_classes = num_classes or _num_classes(model, example_inputs)
     protect = 0.0 if scope == "global" else protect
+    # family hooks (attention heads, unwrapped parameters): empty options for a plain CNN
+    family = family_options(model, steps=steps, **{k: pruner_options.pop(k) for k in FAMILY_OPTIONS
+                                                   if k in pruner_options})
+    pruner_options = {**family.options, **pruner_options}
+    pruning_ratio_dict = {**pruner_options.pop("pruning_ratio_dict", {}), **(pruning_ratio_dict or {})} or None
     dense_widths = layer_widths(model)
     macs_dense, params_dense = count_macs_params(model, example_inputs)
     start = time.perf_counter()
-    pruner = tp.pruner.BasePruner(
-        model, example_inputs, importance=importance, pruning_ratio=1.0, max_pruning_ratio=1.0 - protect,
-        iterative_steps=steps, global_pruning=scope != "local", isomorphic=scope == "isomorphic",
-        ignored_layers=_ignored(model, num_classes, ignored_layers), pruning_ratio_dict=pruning_ratio_dict,
-        round_to=round_to, **pruner_options)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        pruner = tp.pruner.BasePruner(
+            model, example_inputs, importance=importance, pruning_ratio=1.0, max_pruning_ratio=1.0 - protect,
+            iterative_steps=steps, global_pruning=scope != "local", isomorphic=scope == "isomorphic",
+            ignored_layers=_ignored(model, num_classes, ignored_layers), pruning_ratio_dict=pruning_ratio_dict,
+            round_to=round_to, **pruner_options)
+    if family.configure:
+        family.configure(pruner)
     samples = 0
     if needs_data and hasattr(importance, "calibrate"):
         samples = importance.calibrate(model, list(islice(iter(data), calibration_batches)), pruner)
@@ -116,6 +127,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
     achieved, macs = 1.0, macs_dense
     while achieved < speedup and pruner.current_step < steps:
         _protected_step(pruner, protect)
+        if family.after_step:
+            family.after_step(pruner)
         macs, _ = count_macs_params(model, example_inputs)
         achieved = macs_dense / macs
     seconds = time.perf_counter() - start
@@ -154,9 +167,12 @@ def _protected_step(pruner: tp.pruner.BasePruner, protect: float) -> None:
             if allowed <= 0:
                 continue
             if len(idxs) > allowed:
-                scores = pruner.estimate_importance(g)
-                order = torch.argsort(scores)[:allowed].tolist() if scores is not None else range(allowed)
-                g = pruner.DG.get_pruning_group(module, dep.handler, [int(idxs[i]) for i in order])
+                full = pruner.DG.get_pruning_group(module, dep.handler, list(range(current)))
+                scores = pruner.estimate_importance(full)
+                chosen = [int(i) for i in idxs]
+                if scores is not None:
+                    chosen.sort(key=lambda i: float(scores[i]))
+                g = pruner.DG.get_pruning_group(module, dep.handler, chosen[:allowed])
         g.prune()
 
 
