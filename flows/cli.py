@@ -73,8 +73,8 @@ def methods(as_json: bool = typer.Option(False, "--json", help="print JSON")):
 
 @app.command()
 def prune(
-    model: Optional[str] = typer.Option(None, "--model", help="resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name>"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="digits | cifar10 | cifar100 | imagefolder:<path>"),
+    model: Optional[str] = typer.Option(None, "--model", help="resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name> | yolov8n|s|m"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="digits | cifar10 | cifar100 | imagefolder:<path> | shapes | <dataset>.yaml (detection)"),
     method: str = typer.Option(..., "--method", help="a criterion, or criterion+sparsifier (see `prunebench methods`)"),
     speedup: float = typer.Option(..., "--speedup", help="target dense MACs / pruned MACs (> 1)"),
     scope: Optional[str] = typer.Option(None, "--scope", help="local | global | protected | isomorphic"),
@@ -95,6 +95,16 @@ def prune(
     if not speedup > 1:
         fail(f"speedup must be > 1 (dense MACs / pruned MACs), got {speedup:g}")
     from . import stages
+    if stages.is_detection(params):  # YOLO on a detection dataset: ultralytics trainer and validator
+        if checkpoint is not None and not checkpoint.is_file():
+            fail(f"checkpoint {checkpoint} does not exist")
+        out = out or Path("models") / f"pruned-{params.model.name}-{method}-{speedup:g}x.pt"
+        with tempfile.TemporaryDirectory(prefix="prunebench-") as work:
+            result = run_guarded(stages.detection_trial, params, method, speedup, params.prune.scope, checkpoint,
+                                 out, Path(work), finetune_epochs=finetune_epochs)
+        typer.echo(json.dumps(result, default=float)) if as_json else show_result(result)
+        return
+    run_guarded(stages.preflight, params)  # input size and a trial prune, before any training
     if checkpoint is None:
         typer.echo(f"dense baseline: {params.model.name} on {params.data.dataset} (cached after the first run)", err=True)
         checkpoint = run_guarded(stages.dense_baseline, params,
@@ -113,13 +123,216 @@ def prune(
         show_result(result)
 
 
+# --------------------------------------------------------------------------- the orchestrated workflow
+def _split_list(values: Optional[List[str]]) -> Optional[list]:
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def _reporter():
+    from . import pipeline
+
+    class Lines(pipeline.Reporter):
+        """Plain progress lines on stderr (what DVC and CI logs show)."""
+
+        def __init__(self):
+            self.total, self.done = 0, 0
+
+        def sweep_start(self, total):
+            self.total = total
+            typer.echo(f"benchmark: {total} trial(s)", err=True)
+
+        def trial_start(self, name):
+            typer.echo(f"[{self.done + 1}/{self.total}] {name} ...", err=True)
+
+        def trial_end(self, name, result):
+            self.done += 1
+            if result.get("status") != "ok":
+                what = f"FAILED: {result.get('error')}"
+            else:
+                what = (f"acc {result['acc_finetuned']:.2f} (dense {result['acc_dense']:.2f}), "
+                        f"speedup {result['speedup']:.2f}x" + (" [cached]" if result.get("cached") else ""))
+            typer.echo(f"[{self.done}/{self.total}] {name}: {what}", err=True)
+
+        def epoch(self, label, total, row):
+            acc = f" val_acc {row['val_acc']:.2f}" if row.get("val_acc") is not None else ""
+            typer.echo(f"  {label} epoch {row['epoch']}/{total}: loss {row['loss']:.4f}{acc}", err=True)
+
+        def message(self, text):
+            typer.echo(text, err=True)
+
+    class Bars(Lines):
+        """Rich progress bars on a terminal: the sweep and the current run's epochs."""
+
+        def __init__(self, progress):
+            super().__init__()
+            self.progress = progress
+            self.sweep = None
+            self.epochs = {}
+
+        def sweep_start(self, total):
+            self.total = total
+            self.sweep = self.progress.add_task("sweep", total=total)
+
+        def trial_start(self, name):
+            if self.sweep is not None:
+                self.progress.update(self.sweep, description=f"sweep: {name}")
+
+        def trial_end(self, name, result):
+            self.done += 1
+            if self.sweep is not None:
+                self.progress.advance(self.sweep)
+            if result.get("status") != "ok":
+                self.progress.console.print(f"[red]{name} failed:[/red] {result.get('error')}")
+            else:
+                self.progress.console.print(
+                    f"{name}: acc {result['acc_finetuned']:.2f} (dense {result['acc_dense']:.2f}), "
+                    f"speedup {result['speedup']:.2f}x" + (" [cached]" if result.get("cached") else ""))
+
+        def epoch(self, label, total, row):
+            task_id = self.epochs.get(label)
+            if task_id is None:
+                task_id = self.epochs[label] = self.progress.add_task(label, total=total)
+            self.progress.update(task_id, completed=row["epoch"],
+                                 description=f"{label} loss {row['loss']:.3f}")
+            if row["epoch"] >= total:
+                self.progress.remove_task(task_id)
+                del self.epochs[label]
+
+        def message(self, text):
+            self.progress.console.print(text)
+
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+        return Bars(progress), progress
+    return Lines(), None
+
+
+def start_server():
+    """Start Prefect's temporary server first, so it boots while params are validated and torch loads."""
+    from .server import spawn_temporary_server
+    spawn_temporary_server()
+
+
+def run_flow(fn, uri, *args, **kwargs):
+    """Install progress output, start Prefect and MLflow side by side, run a flow; bad input exits 2."""
+    import contextlib
+    from . import pipeline
+    reporter, progress = _reporter()
+    pipeline.set_reporter(reporter)
+    with progress or contextlib.nullcontext():
+        run_guarded(pipeline.warm_up, uri)
+        return run_guarded(fn, *args, **kwargs)
+
+
+@app.command()
+def prepare(params_file: Path = PARAMS, profile: Optional[str] = PROFILE):
+    """Materialise the dataset into data/<name>/ (a DVC output)."""
+    start_server()
+    params = load(params_file, profile)
+    from . import pipeline
+    path = run_flow(pipeline.prepare_flow, None, params.model_dump())
+    typer.echo(f"prepared {params.data.dataset} in {path}", err=True)
+
+
+@app.command()
+def pretrain(out: Path = typer.Option(Path("models/dense.pt"), "--out", help="where to write the dense checkpoint"),
+             params_file: Path = PARAMS, profile: Optional[str] = PROFILE):
+    """Train the dense baseline into models/dense.pt (a DVC output); skipped when it is up to date."""
+    start_server()
+    params = load(params_file, profile)
+    from . import pipeline
+    path = run_flow(pipeline.pretrain_flow, None, params.model_dump(), str(out))
+    typer.echo(f"dense baseline: {path}", err=True)
+
+
+@app.command()
+def benchmark(
+    methods: Optional[List[str]] = typer.Option(None, "--methods", help="methods to run (repeat or comma-separate)"),
+    speedups: Optional[List[str]] = typer.Option(None, "--speedups", help="MACs speedup targets, e.g. 2,4"),
+    scopes: Optional[List[str]] = typer.Option(None, "--scope", "--scopes", help="local | global | protected | isomorphic"),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="methods run side by side (threads)"),
+    dask: Optional[str] = typer.Option(None, "--dask", help="run trials on Dask: 'local' or a scheduler address"),
+    write_leaderboard: bool = typer.Option(True, "--leaderboard/--no-leaderboard",
+                                           help="also write reports/leaderboard.* (dvc.yaml runs it as its own stage)"),
+    params_file: Path = PARAMS,
+    profile: Optional[str] = PROFILE,
+):
+    """Run methods x speedups x scopes (params.yaml's benchmark section), each trial tracked in MLflow."""
+    start_server()
+    bench = {}
+    if methods:
+        bench["methods"] = _split_list(methods)
+    if speedups:
+        try:
+            bench["speedups"] = [float(s) for s in _split_list(speedups)]
+        except ValueError:
+            fail(f"--speedups takes numbers, got {speedups}")
+    if scopes:
+        bench["scopes"] = _split_list(scopes)
+    if concurrency is not None:
+        bench["concurrency"] = concurrency
+    if dask:
+        bench["dask_address"] = dask
+    params = load(params_file, profile, {"benchmark": bench})
+    from . import leaderboard as lb
+    from . import pipeline
+    from .tracking import tracking_uri
+    summary = run_flow(pipeline.run_benchmark, tracking_uri(params.tracking.mlflow_uri), params)
+    if write_leaderboard:
+        run_guarded(pipeline.leaderboard_flow)
+    lb.print_table(summary)
+    failed = [t for t in summary["trials"] if t.get("status") != "ok"]
+    if failed:
+        typer.echo(f"{len(failed)} of {len(summary['trials'])} trial(s) failed (see the leaderboard and MLflow)",
+                   err=True)
+
+
+@app.command()
+def leaderboard(results: Path = typer.Option(Path("reports/benchmark.json"), "--results",
+                                             help="the benchmark summary to aggregate"),
+                out: Path = typer.Option(Path("reports"), "--out", help="folder for the reports")):
+    """Aggregate the benchmark into reports/ (CSV, Markdown, PNG, DVC metrics and plots), MLflow and Prefect."""
+    start_server()
+    if not results.is_file():
+        fail(f"{results} does not exist; run `prunebench benchmark` first")
+    from . import leaderboard as lb
+    from . import pipeline
+    summary = json.loads(results.read_text())
+    rows = run_flow(pipeline.leaderboard_flow, summary.get("tracking_uri"), str(results), str(out))
+    lb.print_table(summary, rows)
+
+
+@app.command()
+def ui(port: int = typer.Option(5000, "--port", help="port on 127.0.0.1"),
+       params_file: Path = PARAMS):
+    """Serve the MLflow UI for this project's tracking store on 127.0.0.1."""
+    from .tracking import tracking_uri
+    configured = None
+    if params_file.is_file():
+        configured = load(params_file, None).tracking.mlflow_uri
+    uri = tracking_uri(configured)
+    typer.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl+C stops it)", err=True)
+    import subprocess
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", uri]
+    raise typer.Exit(subprocess.call(cmd))
+
+
 def show_result(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
     table = Table("metric", "value")
     for key in ("method", "scope", "speedup_target", "speedup", "macs_dense", "macs_pruned", "params_dense",
-                "params_pruned", "acc_dense", "acc_pruned", "acc_finetuned", "latency_speedup",
-                "seconds_prune", "checkpoint"):
+                "params_pruned", "acc_dense", "acc_pruned", "acc_finetuned", "map50_95_dense", "map50_dense",
+                "map50_95_pruned", "map50_pruned", "map50_95_finetuned", "map50_finetuned", "latency_speedup",
+                "seconds_prune", "seconds_per_step", "checkpoint"):
+        if key not in result:
+            continue
         value = result.get(key)
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     Console().print(table)

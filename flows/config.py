@@ -29,8 +29,8 @@ class DataParams(_Section):
     @field_validator("dataset")
     @classmethod
     def known_dataset(cls, v):
-        if v in ("digits", "cifar10", "cifar100"):
-            return v
+        if v in ("digits", "cifar10", "cifar100", "shapes") or v.endswith((".yaml", ".yml")):
+            return v  # detection yaml paths are checked (with every missing path named) when loaded
         if v.startswith("imagefolder:"):
             if not Path(v.split(":", 1)[1]).is_dir():
                 raise ValueError(f"imagefolder path {v.split(':', 1)[1]!r} does not exist")
@@ -92,7 +92,8 @@ class BenchmarkParams(_Section):
     methods: List[str] = Field(default_factory=lambda: ["l2"], min_length=1)
     speedups: List[float] = Field(default_factory=lambda: [2.0], min_length=1)
     scopes: List[str] = Field(default_factory=lambda: ["protected"], min_length=1)
-    concurrency: int = Field(1, ge=1)
+    concurrency: int = Field(1, ge=1)       # trials (grouped by method) run at once
+    dask_address: Optional[str] = None      # spread trials with prefect-dask: "local" or a scheduler address
 
     @field_validator("methods")
     @classmethod
@@ -123,6 +124,7 @@ class TrackingParams(_Section):
 
 
 class Params(_Section):
+    profile: Optional[str] = None           # a profiles.<name> to apply (what `dvc exp run -S profile=quick` sets)
     seed: int = 0
     data: DataParams = Field(default_factory=DataParams)
     model: ModelParams = Field(default_factory=ModelParams)
@@ -154,11 +156,13 @@ def load_params(path: str | Path = "params.yaml", profile: Optional[str] = None,
             raise PruneBenchError(f"{path} is not valid YAML: {e}")
         if not isinstance(raw, dict):
             raise PruneBenchError(f"{path} must hold a mapping of stage sections")
+    profile = profile or raw.get("profile")
     if profile:
         profiles = raw.get("profiles") or {}
         if profile not in profiles:
             raise PruneBenchError(f"unknown profile {profile!r}; {path} defines: {', '.join(profiles) or 'none'}")
         raw = deep_merge(raw, profiles[profile])
+        raw["profile"] = profile
     raw = deep_merge(raw, overrides or {})
     try:
         return Params.model_validate(raw)

@@ -82,7 +82,8 @@ def pretrain(params: Params, out: Path, on_epoch: OnEpoch = None) -> dict:
                                 on_epoch=on_epoch)
     seconds = time.perf_counter() - start
     acc = pruning.accuracy(model, bundle.loader("test", 256))
-    _save(Path(out), model, params, bundle, {"acc_dense": acc, "seconds_pretrain": seconds})
+    _save(Path(out), model, params, bundle, {"acc_dense": acc, "seconds_pretrain": seconds,
+                                             "baseline_key": baseline_key(params)})
     return {"acc_dense": acc, "seconds_pretrain": seconds, "history": history, "checkpoint": str(out)}
 
 
@@ -198,3 +199,107 @@ def run_trial(params: Params, method: str, speedup: float, scope: str, dense: Pa
         "seconds_evaluate": final["seconds_evaluate"], "seconds_total": time.perf_counter() - start,
         "checkpoint": str(out),
     }
+
+
+# --------------------------------------------------------------------------- model families: checks and detection
+def preflight(params: Params) -> None:
+    """Before any training: the model takes the dataset's input size and a trial prune of a copy runs
+    (a family that cannot be pruned fails here, naming the layer type)."""
+    from pruning.timm_support import check_input_size, check_prunable
+    from pruning.yolo import is_yolo
+    if is_yolo(params.model.name):
+        raise pruning.PruneBenchError(f"{params.model.name} is a detection model: use a detection dataset "
+                                      f"(shapes or an ultralytics dataset .yaml)")
+    bundle = load_bundle(params)
+    spec = bundle.spec
+    model = pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size)
+    check_input_size(model, spec.example_inputs(), params.model.name)
+    check_prunable(model, spec.example_inputs(), spec.num_classes, params.model.name)
+
+
+def is_detection(params: Params) -> bool:
+    from pruning.detection import is_detection_dataset
+    from pruning.yolo import is_yolo
+    return is_yolo(params.model.name) or is_detection_dataset(params.data.dataset)
+
+
+def detection_trial(params: Params, method: str, speedup: float, scope: str, checkpoint: Optional[Path], out: Path,
+                    work_dir: Path, finetune_epochs: Optional[int] = None,
+                    cache_dir: Path = Path("models/cache")) -> dict:
+    """YOLO on a detection dataset: dense baseline -> prune -> finetune (ultralytics trainer) -> validate."""
+    from pruning import detection, yolo
+    from pruning.checkpoint import FORMAT
+    name = params.model.name
+    if not yolo.is_yolo(name):
+        raise pruning.PruneBenchError(f"{params.data.dataset} is a detection dataset: use a YOLO model "
+                                      f"({', '.join(yolo.YOLO_MODELS)})")
+    if not detection.is_detection_dataset(params.data.dataset):
+        raise pruning.PruneBenchError(f"{name} is a detection model: use a detection dataset "
+                                      f"(shapes or an ultralytics dataset .yaml)")
+    pair = pruning.resolve(method)
+    if pair.sparsifier is not None:
+        raise pruning.PruneBenchError(f"sparse training ({pair.sparsifier.name}) is not available for YOLO; "
+                                      f"use a criterion alone")
+    data = detection.load_detection_data(params.data.dataset, params.data.prepared_dir)
+    yolo.check_imgsz(data.imgsz)
+    pruning.seed_everything(params.seed)
+    work_dir = Path(work_dir)
+    start = time.perf_counter()
+    checkpoint = checkpoint or (Path(params.model.checkpoint) if params.model.checkpoint else None)
+    if checkpoint is not None and Path(checkpoint).suffix == ".pt" and _is_prunebench(Path(checkpoint)):
+        model, _ = yolo.load_yolo(checkpoint, expect_model=name, expect_classes=data.num_classes)
+    else:
+        model = pruning.create_model(name, data.num_classes, 3, data.imgsz)
+        if checkpoint is not None:
+            yolo.load_ultralytics_weights(model, checkpoint)
+        else:  # a cached dense baseline trained from scratch through ultralytics' trainer
+            model = _yolo_baseline(params, model, data, cache_dir, work_dir)
+    dense = yolo.evaluate_yolo(model, data.yaml, data.imgsz, work_dir, repeats=params.evaluate.latency_repeats)
+    p = params.prune
+    model, report = yolo.prune_yolo(model, data.imgsz, method, speedup, scope, data.yaml, protect=p.protect,
+                                    steps=p.steps, calibration_batches=p.calibration_batches,
+                                    batch=params.data.batch_size)
+    pruned = yolo.evaluate_yolo(model, data.yaml, data.imgsz, work_dir, repeats=params.evaluate.latency_repeats)
+    epochs = params.finetune.epochs if finetune_epochs is None else finetune_epochs
+    seconds_finetune = 0.0
+    if epochs > 0:
+        t = time.perf_counter()
+        model = yolo.finetune_yolo(model, data.yaml, data.imgsz, epochs, work_dir, batch=params.data.batch_size,
+                                   lr0=params.finetune.lr, seed=params.seed)
+        seconds_finetune = time.perf_counter() - t
+        final = yolo.evaluate_yolo(model, data.yaml, data.imgsz, work_dir, repeats=params.evaluate.latency_repeats)
+    else:
+        final = pruned
+    yolo.save_yolo(out, model, name, data.num_classes, data.imgsz, {"report": report.summary()})
+    return {
+        **report.summary(), "task": "detect", "dataset": data.name, "imgsz": data.imgsz,
+        "map50_95_dense": dense["map50_95"], "map50_dense": dense["map50"],
+        "map50_95_pruned": pruned["map50_95"], "map50_pruned": pruned["map50"],
+        "map50_95_finetuned": final["map50_95"] if epochs > 0 else None,
+        "map50_finetuned": final["map50"] if epochs > 0 else None,
+        "seconds_per_step": report.seconds_prune / max(report.steps_taken, 1),
+        "seconds_finetune": seconds_finetune,
+        "latency_dense_b1": dense["latency_b1"], "latency_pruned_b1": final["latency_b1"],
+        "latency_speedup": dense["latency_b1"] / final["latency_b1"],
+        "latency_speedup_b8": dense["latency_b8"] / final["latency_b8"],
+        "seconds_total": time.perf_counter() - start, "checkpoint": str(out),
+    }
+
+
+def _is_prunebench(path: Path) -> bool:
+    try:
+        pruning.read_checkpoint(path)
+        return True
+    except pruning.PruneBenchError:
+        return False
+
+
+def _yolo_baseline(params: Params, model, data, cache_dir: Path, work_dir: Path):
+    from pruning import yolo
+    path = Path(cache_dir) / f"dense-{params.model.name}-{data.name}-{data.imgsz}-{baseline_key(params)}.pt"
+    if path.is_file():
+        return yolo.load_yolo(path, expect_model=params.model.name, expect_classes=data.num_classes)[0]
+    model = yolo.finetune_yolo(model, data.yaml, data.imgsz, params.pretrain.epochs, work_dir,
+                               batch=params.data.batch_size, lr0=0.01, seed=params.seed)  # ultralytics' lr0
+    yolo.save_yolo(path, model, params.model.name, data.num_classes, data.imgsz)
+    return model

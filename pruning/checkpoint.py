@@ -30,6 +30,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, model_name: st
         "format": FORMAT,
         "model": model_name, "num_classes": num_classes, "in_chans": in_chans, "input_size": input_size,
         "pruning_history": list(getattr(model, "prunebench_history", [])),
+        "attention": {str(k): int(v) for k, v in getattr(model, "prunebench_attention", {}).items()},
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
@@ -71,8 +72,7 @@ def load_checkpoint(path: str | os.PathLike, *, expect_model: Optional[str] = No
     history = payload["pruning_history"]
     if history:
         example = torch.randn(1, payload["in_chans"], payload["input_size"], payload["input_size"])
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-        graph.load_pruning_history([(name, is_out, list(idxs)) for name, is_out, idxs in history])
+        replay_history(model, example, history, payload.get("attention"))
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:
@@ -81,6 +81,22 @@ def load_checkpoint(path: str | os.PathLike, *, expect_model: Optional[str] = No
     model.prunebench_history = list(history)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model, meta
+
+
+def replay_history(model: nn.Module, example_inputs: torch.Tensor, history: list,
+                   attention: Optional[dict] = None) -> nn.Module:
+    """Redo a recorded pruning history on a freshly built model, then repair attention attributes.
+
+    The graph uses the same unwrapped-parameter rule as pruning (pos_embed, cls_token, layer-scale gamma), and
+    ``attention`` (module name -> heads, recorded when heads were pruned) restores ``num_heads``/``head_dim``.
+    """
+    from .timm_support import fix_attention, graph
+    try:
+        graph(model, example_inputs).load_pruning_history([(name, is_out, list(idxs)) for name, is_out, idxs in history])
+    except (AttributeError, IndexError, RuntimeError, KeyError) as e:
+        raise PruneBenchError(f"pruning history does not fit the model ({type(e).__name__}: {e})")
+    fix_attention(model, attention or {})
+    return model
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .errors import PruneBenchError, unknown_choice
+from .yolo import YOLO_MODELS
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
 
@@ -24,13 +25,16 @@ def register_model(name: str):
 
 
 def list_models() -> list[str]:
-    return sorted(_BUILDERS) + ["timm/<name>"]
+    return sorted(_BUILDERS) + list(YOLO_MODELS) + ["timm/<name>"]
 
 
 def create_model(name: str, num_classes: int, in_chans: int = 3, input_size: int = 32) -> nn.Module:
     """Build a model by registry name (``resnet20``, ``vgg19``, ``timm/deit_tiny_patch16_224``, ...)."""
     if name.startswith("timm/"):
         return _create_timm(name[len("timm/"):], num_classes, in_chans, input_size)
+    if name in YOLO_MODELS:  # detection: ultralytics' yaml, C2f made prunable (see pruning.yolo)
+        from .yolo import build_yolo
+        return build_yolo(name, num_classes, input_size)
     if name not in _BUILDERS:
         raise unknown_choice("model", name, list_models())
     return _BUILDERS[name](num_classes=num_classes, in_chans=in_chans, input_size=input_size)
@@ -56,9 +60,14 @@ def _create_timm(name: str, num_classes: int, in_chans: int, input_size: int) ->
         raise PruneBenchError(f"unknown timm model {name!r}{hint}")
     kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans)
     try:
-        return timm.create_model(name, img_size=input_size, **kwargs)
-    except TypeError:  # convolutional families take any input size and have no img_size argument
-        return timm.create_model(name, **kwargs)
+        try:
+            return timm.create_model(name, img_size=input_size, **kwargs)
+        except TypeError:  # convolutional families take any input size and have no img_size argument
+            return timm.create_model(name, **kwargs)
+    except Exception as e:  # e.g. a window or patch size that does not fit the input size
+        text = str(e).strip().splitlines()
+        raise PruneBenchError(f"timm model {name!r} cannot be built for {input_size}x{input_size} inputs: "
+                              f"{type(e).__name__}: {text[0] if text else ''}")
 
 
 # --------------------------------------------------------------------------- CIFAR ResNets

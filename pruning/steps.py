@@ -131,6 +131,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
             family.after_step(pruner)
         macs, _ = count_macs_params(model, example_inputs)
         achieved = macs_dense / macs
+    if hasattr(importance, "finish"):  # e.g. CP's optional least-squares refit of the next layers
+        importance.finish(model)
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)  # calibration statistics lived in .grad
     _, params = count_macs_params(model, example_inputs)

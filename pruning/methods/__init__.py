@@ -14,6 +14,6 @@ used during sparse training.  A benchmark method is a criterion, optionally pair
 from __future__ import annotations
 
 from .base import CRITERION, SPARSIFIER, Method, MethodPair, get_method, list_methods, register, resolve
-from . import magnitude, gradient, sparsifiers  # noqa: F401  (importing registers the methods)
+from . import magnitude, gradient, sparsifiers, datadriven, group_lasso  # noqa: F401  (importing registers the methods)
 
 __all__ = ["CRITERION", "SPARSIFIER", "Method", "MethodPair", "get_method", "list_methods", "register", "resolve"]

@@ -138,7 +138,7 @@ def _per_sample_grad_squares(model: nn.Module, x: torch.Tensor, y: torch.Tensor)
         return F.cross_entropy(out, yi.unsqueeze(0))
 
     n_params = sum(p.numel() for p in params.values())
-    chunk = max(1, min(len(y), int(64e6 // max(n_params, 1))))  # bound memory: chunk x n_params floats
+    chunk = max(1, min(len(y), int(5e8 // max(n_params, 1))))  # per-sample grads: at most ~2 GB of floats
     try:
         grads = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk)(params, x, y)
         return {n: g.pow(2).sum(0) for n, g in grads.items()}

@@ -1,0 +1,159 @@
+"""Orchestration cost, measured: Prefect + MLflow + file hand-offs against the same stage functions in a bare loop,
+and the wall time and peak memory of `dvc repro` on the embedded default.
+
+    .venv/bin/python benchmarks/orchestration_overhead.py overhead   # per-trial overhead and fixed start
+    .venv/bin/python benchmarks/orchestration_overhead.py repro      # full `dvc repro` (all methods, 2x and 4x)
+
+Each part runs in a fresh temporary copy of the project (its own git + DVC repo, Prefect home and MLflow store).
+Overhead: both sides run the quick-profile trials of N1 and N2 criteria (no sparsifier, so trials are alike) in a
+fresh process, dense baseline and prepared data shared; per-trial overhead = slope of (flow - bare) over N, fixed
+start = the intercept.  Results print as JSON (and go to benchmarks/results/ when --save is given).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+BARE = r"""
+import json, sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from flows import stages
+from flows.config import load_params
+methods = sys.argv[1].split(",")
+params = load_params("params.yaml", "quick")
+dense = Path("models/dense.pt")
+dense_eval = stages.evaluate_stage(params, dense)
+for i, m in enumerate(methods):
+    work = Path(f"bare/{m}"); work.mkdir(parents=True, exist_ok=True)
+    stages.run_trial(params, m, 2.0, "protected", dense, work / "finetuned.pt", work, dense_metrics=dense_eval)
+print(json.dumps({"wall": time.perf_counter() - t0}))
+"""
+
+
+def project(tmp: Path, quick: dict | None = None) -> tuple[Path, dict]:
+    proj = tmp / "proj"
+    proj.mkdir(parents=True)
+    for name in ("pruning", "flows"):
+        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore", "params.yaml"):
+        shutil.copy(ROOT / name, proj / name)
+    if quick is not None:
+        params = yaml.safe_load((proj / "params.yaml").read_text())
+        params["profiles"]["quick"] = {**params["profiles"]["quick"], **quick}
+        (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(proj),
+           "PREFECT_HOME": str(tmp / "prefect"), "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b", "DVC_NO_ANALYTICS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PREFECT_API_URL", None)
+    for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=proj, env=env, check=True, capture_output=True)
+    return proj, env
+
+
+def timed(cmd, cwd, env) -> tuple[float, float, str]:
+    """Wall seconds, peak summed RSS (GB) of the whole process tree, and stdout."""
+    import psutil
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def sample():
+        p = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                total = sum(c.memory_info().rss for c in [p] + p.children(recursive=True))
+                peak[0] = max(peak[0], total)
+            except psutil.Error:
+                pass
+            time.sleep(0.5)
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{cmd} failed ({proc.returncode}):\n{err[-3000:]}")
+    return wall, peak[0] / 1e9, out
+
+
+def overhead(n_small: int, n_large: int) -> dict:
+    methods = ["l1", "l2", "fpgm", "random", "lamp", "bnscale"]
+    assert n_large <= len(methods)
+    with tempfile.TemporaryDirectory(prefix="pb-overhead-") as tmp:
+        proj, env = project(Path(tmp))
+        py = str(BIN / "python")
+        # shared inputs: prepared data and the dense baseline (quick profile)
+        subprocess.run([str(BIN / "prunebench"), "prepare", "--profile", "quick"], cwd=proj, env=env, check=True,
+                       capture_output=True)
+        subprocess.run([str(BIN / "prunebench"), "pretrain", "--profile", "quick"], cwd=proj, env=env, check=True,
+                       capture_output=True)
+        rows = {}
+        for n in (n_small, n_large):
+            chosen = ",".join(methods[:n])
+            bare, _, out = timed([py, "-c", BARE, chosen], proj, env)
+            shutil.rmtree(proj / "models/trials", ignore_errors=True)
+            flow, mem, _ = timed([str(BIN / "prunebench"), "benchmark", "--profile", "quick", "--methods", chosen,
+                                  "--speedups", "2", "--no-leaderboard"], proj, env)
+            summary = json.loads((proj / "reports/benchmark.json").read_text())
+            trial_wall = sum(t.get("seconds_wall", 0) for t in summary["trials"])
+            rows[n] = {"bare_s": round(bare, 2), "flow_s": round(flow, 2), "flow_trials_s": round(trial_wall, 2),
+                       "peak_gb": round(mem, 2)}
+        a, b = rows[n_small], rows[n_large]
+        per_trial_bare = (b["bare_s"] - a["bare_s"]) / (n_large - n_small)
+        per_trial_over = ((b["flow_s"] - b["bare_s"]) - (a["flow_s"] - a["bare_s"])) / (n_large - n_small)
+        fixed = (a["flow_s"] - a["bare_s"]) - n_small * per_trial_over
+        return {"runs": rows, "per_trial_bare_s": round(per_trial_bare, 2),
+                "per_trial_overhead_s": round(per_trial_over, 2),
+                "per_trial_overhead_pct": round(100 * per_trial_over / per_trial_bare, 1),
+                "fixed_start_s": round(fixed, 2), "load_avg": os.getloadavg()}
+
+
+def repro() -> dict:
+    with tempfile.TemporaryDirectory(prefix="pb-repro-") as tmp:
+        proj, env = project(Path(tmp))
+        wall, mem, _ = timed([str(BIN / "dvc"), "repro"], proj, env)
+        metrics = json.loads((proj / "reports/metrics.json").read_text())
+        return {"wall_s": round(wall, 1), "peak_rss_gb": round(mem, 2), "trials": metrics["trials"],
+                "trials_failed": metrics["trials_failed"], "acc_dense": metrics["acc_dense"],
+                "kendall_tau_mean": metrics["kendall_tau_mean"], "load_avg": os.getloadavg(),
+                "leaderboard": (proj / "reports/leaderboard.md").read_text()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["overhead", "repro", "all"])
+    ap.add_argument("--small", type=int, default=2)
+    ap.add_argument("--large", type=int, default=5)
+    ap.add_argument("--save", action="store_true", help="write benchmarks/results/orchestration_<what>.json")
+    args = ap.parse_args()
+    out = {}
+    if args.what in ("overhead", "all"):
+        out["overhead"] = overhead(args.small, args.large)
+        print(json.dumps(out["overhead"], indent=1), flush=True)
+    if args.what in ("repro", "all"):
+        out["repro"] = repro()
+        print(json.dumps({k: v for k, v in out["repro"].items() if k != "leaderboard"}, indent=1))
+        print(out["repro"]["leaderboard"])
+    if args.save:
+        path = ROOT / "benchmarks/results" / f"orchestration_{args.what}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

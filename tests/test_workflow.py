@@ -1,0 +1,212 @@
+"""The orchestrated workflow end to end: dvc repro -> Prefect flows -> MLflow runs -> leaderboard; resume; bad input.
+
+Real tools throughout: a temporary git + DVC repo, Prefect's temporary server (PREFECT_HOME isolated), a SQLite
+MLflow store.  Tiny settings (quick profile, one pretrain epoch) keep it to a few minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TRIAL_METRICS = ["acc_dense", "acc_pruned", "acc_finetuned", "macs_dense", "macs_pruned", "params_dense",
+                 "params_pruned", "speedup", "latency_speedup", "seconds_sparsify", "seconds_prune",
+                 "seconds_finetune", "seconds_evaluate", "seconds_total", "finetune_loss", "finetune_acc"]
+TRIAL_PARAMS = ["method", "criterion", "sparsifier", "scope", "speedup_target", "protect", "iterative_steps",
+                "finetune_epochs", "finetune_lr", "calibration_size", "seed", "dataset", "dataset_md5", "git_rev",
+                "prefect_flow_run_id"]
+
+
+def make_project(tmp: Path, quick: dict) -> tuple[Path, dict]:
+    """A copy of the project as its own git + DVC repo, params.yaml set to the quick profile (tweaked)."""
+    proj = tmp / "proj"
+    proj.mkdir()
+    for name in ("pruning", "flows"):
+        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, proj / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profile"] = "quick"
+    params["profiles"]["quick"] = quick
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(proj),
+           "PREFECT_HOME": str(tmp / "prefect"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PREFECT_API_URL", None)
+    run = lambda *cmd: subprocess.run(cmd, cwd=proj, env=env, check=True, capture_output=True, text=True)
+    run("git", "init", "-q")
+    run(str(BIN / "dvc"), "init", "-q")
+    run(str(BIN / "dvc"), "config", "core.analytics", "false")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "init")
+    return proj, env
+
+
+def client(proj: Path):
+    from mlflow import MlflowClient
+    return MlflowClient(f"sqlite:///{proj / 'mlflow.db'}")
+
+
+def runs(proj: Path):
+    c = client(proj)
+    exp = c.get_experiment_by_name("prunebench/digits/resnet20")
+    return c, list(c.search_runs([exp.experiment_id], max_results=1000))
+
+
+QUICK = {"pretrain": {"epochs": 1}, "sparsify": {"epochs": 1}, "finetune": {"epochs": 1},
+         "prune": {"steps": 30, "calibration_batches": 1}, "evaluate": {"latency_repeats": 3},
+         "benchmark": {"methods": ["l2", "l2+group_norm"], "speedups": [2]}}
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_whole_chain_into_mlflow_and_reports(tmp_path):
+    proj, env = make_project(tmp_path, QUICK)
+    done = subprocess.run([str(BIN / "dvc"), "repro"], cwd=proj, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.png", "rank_consistency.png", "metrics.json"):
+        assert (proj / "reports" / name).is_file(), name
+    assert "| 1 |" in (proj / "reports/leaderboard.md").read_text()
+    assert (proj / "data/digits/meta.json").is_file() and (proj / "models/dense.pt").is_file()
+    lock = yaml.safe_load((proj / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "pretrain", "benchmark", "leaderboard"}
+    data_md5 = lock["stages"]["prepare"]["outs"][0]["md5"]
+
+    c, all_runs = runs(proj)
+    parents = [r for r in all_runs if r.data.tags.get("kind") == "benchmark"]
+    children = [r for r in all_runs if r.data.tags.get("kind") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        missing = [m for m in TRIAL_METRICS if m not in r.data.metrics]
+        assert not missing, (r.info.run_name, missing)
+        assert not [p for p in TRIAL_PARAMS if p not in r.data.params]
+        assert r.data.params["dataset_md5"] == data_md5[:36] and r.data.tags["dataset_version"] == data_md5
+        assert r.inputs.dataset_inputs and r.inputs.dataset_inputs[0].dataset.digest == data_md5[:36]
+        arts = {a.path for a in c.list_artifacts(r.info.run_id)}
+        assert {"checkpoint", "channels", "plots"} <= arts
+    sparse = [r for r in children if r.data.params["sparsifier"] != "none"]
+    assert sparse and "sparsify_loss" in sparse[0].data.metrics
+    history = c.get_metric_history(children[0].info.run_id, "finetune_loss")
+    assert [m.step for m in history] == [1]
+    assert {a.path for a in c.list_artifacts(parents[0].info.run_id, "leaderboard")} >= {
+        "leaderboard/leaderboard.md", "leaderboard/leaderboard.csv", "leaderboard/leaderboard.png"}
+    # the pruned checkpoint loads without unpickling code
+    import pruning
+    first = json.loads((proj / "reports/benchmark.json").read_text())["trials"][0]
+    model, _ = pruning.load_checkpoint(proj / first["checkpoint"])
+    assert model is not None
+    # nothing to do on a second repro
+    again = subprocess.run([str(BIN / "dvc"), "status"], cwd=proj, env=env, capture_output=True, text=True)
+    assert "up to date" in again.stdout.lower() or again.stdout.strip() == "", again.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_benchmark_resumes_without_rerunning_or_duplicating(tmp_path):
+    quick = {**QUICK, "benchmark": {"methods": ["l2", "fpgm"], "speedups": [2]}}
+    proj, env = make_project(tmp_path, quick)
+    cmd = [str(BIN / "prunebench"), "benchmark"]
+    proc = subprocess.Popen(cmd, cwd=proj, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    first = None
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        found = list((proj / "models/trials").glob("*/result.json"))
+        if found:
+            first = found[0]
+            time.sleep(1.0)  # let it log the finished run, then kill mid-sweep
+            break
+        time.sleep(0.2)
+    assert first is not None, proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "timeout"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stamp = first.stat().st_mtime_ns
+    ckpt = first.parent / "finetuned.pt"
+    ckpt_stamp = ckpt.stat().st_mtime_ns
+
+    done = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert first.stat().st_mtime_ns == stamp and ckpt.stat().st_mtime_ns == ckpt_stamp  # not trained again
+    assert "[cached]" in done.stderr or "cached" in done.stderr
+    results = sorted((proj / "models/trials").glob("*/result.json"))
+    assert len(results) == 2
+
+    c, all_runs = runs(proj)
+    children = [r for r in all_runs if r.data.tags.get("kind") == "trial"]
+    keys = [r.data.tags["trial_key"] for r in children]
+    assert len(keys) == len(set(keys)) == 2, [(r.info.run_name, r.info.status) for r in children]
+    assert all(r.info.status == "FINISHED" for r in children)
+    parents = [r for r in all_runs if r.data.tags.get("kind") == "benchmark"]
+    assert len(parents) == 1  # the resumed sweep reuses its parent run
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+
+    # a third run trains nothing and creates no run
+    again = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0
+    assert again.stderr.count("[cached]") == 2
+    assert len(runs(proj)[1]) == len(all_runs)
+
+
+def test_invalid_params_exit_2_listing_every_problem_before_any_flow(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump({
+        "colour": "red",
+        "data": {"dataset": "imagefolder:/no/such/folder"},
+        "benchmark": {"methods": ["l2", "nosuchmethod"], "speedups": [1, 2]},
+        "prune": {"scope": "everywhere"},
+    }))
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    done = subprocess.run([str(BIN / "prunebench"), "benchmark", "--params", str(bad)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    err = done.stderr
+    for needle in ("colour", "unknown key", "/no/such/folder", "nosuchmethod", "speedup", "everywhere"):
+        assert needle in err, (needle, err)
+    assert "Traceback" not in err
+    # no flow ran: nothing tracked, nothing written
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "reports").exists()
+    assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
+
+
+def test_leaderboard_ranks_methods_and_measures_rank_consistency(tmp_path):
+    from flows import leaderboard as lb
+
+    def trial(method, s, acc, status="ok"):
+        t = {"method": method, "scope": "protected", "speedup_target": s, "status": status}
+        if status == "ok":
+            t.update(speedup=s + 0.01, acc_dense=90.0, acc_pruned=acc - 20, acc_finetuned=acc, latency_speedup=1.5,
+                     params_dense=100, params_pruned=100 / s, macs_dense=1000, macs_pruned=1000 / s,
+                     seconds_prune=0.5, seconds_sparsify=3.0 if "+" in method else 0.0, seconds_finetune=2.0,
+                     seconds_total=6.0)
+        else:
+            t["error"] = "RuntimeError: boom"
+        return t
+    summary = {"model": "resnet20", "dataset": "digits", "acc_dense": 90.0, "scopes": ["protected"],
+               "trials": [trial("l2", 2, 85), trial("l2", 4, 80), trial("taylor", 2, 87), trial("taylor", 4, 82),
+                          trial("random", 2, 70), trial("random", 4, 60), trial("l2+group_norm", 2, 0, "failed"),
+                          trial("l2+group_norm", 4, 75)]}
+    rows = lb.build(summary)
+    # a failed trial ranks last at its speedup: l2+group_norm (failed at 2x) falls behind random
+    assert [r["method"] for r in rows] == ["taylor", "l2", "random", "l2+group_norm"]
+    tau = lb.rank_consistency(summary)
+    assert tau["pairs"]["protected:2x-4x"] == pytest.approx(1.0)
+    files = lb.write_reports(summary, tmp_path / "reports")
+    md = Path(files["md"]).read_text()
+    assert "| 1 | taylor |" in md and "87.00 (-3.00)" in md and "failed" in md and "RuntimeError: boom" in md
+    metrics = json.loads(Path(files["metrics"]).read_text())
+    assert metrics["trials_failed"] == 1 and metrics["methods"]["taylor"]["4x"]["acc"] == 82
+    assert (tmp_path / "reports/plots/taylor.csv").read_text().startswith("speedup_target,")
+    assert Path(files["png"]).stat().st_size > 0 and Path(files["rank_png"]).stat().st_size > 0

@@ -1,0 +1,155 @@
+"""YOLOv8 through ultralytics: C2f rewrite, pruning to a MACs target with the Detect head protected, checkpoint
+reload, finetuning of the pruned object by ultralytics' trainer, validation mAP, the shapes data set, bad input,
+and the offline/quiet setup."""
+import copy
+import os
+import sys
+import tempfile
+
+if "ultralytics" not in sys.modules:  # keep ultralytics' settings and fonts out of the user's folders
+    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="prunebench-yolo-cfg-"))
+
+import pytest
+import torch
+import yaml
+
+import pruning
+from pruning import PruneBenchError, detection, yolo
+
+IMGSZ = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return detection.load_detection_data("shapes", tmp_path_factory.mktemp("data"), imgsz=IMGSZ)
+
+
+def _randomize_bn(model):
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+
+
+def _head_widths(model):
+    head = yolo.detect_head(model)
+    return [m.out_channels for m in head.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_c2f_rewrite_gives_identical_outputs():
+    yolo.ultralytics_setup()
+    from ultralytics.nn.modules import C2f
+    from ultralytics.nn.tasks import DetectionModel
+    torch.manual_seed(0)
+    ref = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
+    _randomize_bn(ref)
+    split = copy.deepcopy(ref)
+    assert yolo.replace_c2f(split) == 8
+    assert not any(type(m) is C2f for m in split.modules())
+    x = torch.randn(2, 3, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        a, b = ref(x), split(x)
+    assert torch.equal(a[0], b[0])
+
+
+def test_prune_yolov8n_to_2x_head_protected_and_reload(tmp_path):
+    torch.manual_seed(0)
+    model = pruning.create_model("yolov8n", 3, 3, IMGSZ)
+    head = _head_widths(model)
+    model, report = yolo.prune_yolo(model, IMGSZ, "l2", 2.0, steps=30)
+    assert report.target_reached and report.speedup >= 2.0
+    x = torch.randn(1, 3, IMGSZ, IMGSZ)
+    macs, _ = pruning.count_macs_params(model, x)
+    assert report.macs_dense / macs >= 2.0
+    assert _head_widths(model) == head  # Detect outputs untouched
+    with torch.no_grad():
+        out = model(x)[0]
+    path = yolo.save_yolo(tmp_path / "y.pt", model, "yolov8n", 3, IMGSZ)
+    loaded, _ = yolo.load_yolo(path, expect_model="yolov8n", expect_classes=3)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], out)
+
+
+def test_taylor_calibrates_on_detection_loss_then_finetune_and_val(shapes, tmp_path):
+    torch.manual_seed(0)
+    model = pruning.create_model("yolov8n", shapes.num_classes, 3, IMGSZ)
+    model, report = yolo.prune_yolo(model, IMGSZ, "taylor", 2.0, data_yaml=shapes.yaml, steps=20,
+                                    calibration_batches=1, batch=8)
+    assert report.calibration_samples == 8 and report.speedup >= 2.0
+    pruned_macs = report.macs_pruned
+    tuned = yolo.finetune_yolo(model, shapes.yaml, IMGSZ, 1, tmp_path, batch=16)
+    x = torch.randn(1, 3, IMGSZ, IMGSZ)
+    assert pruning.count_macs_params(tuned, x)[0] == pruned_macs  # the pruned object was trained, not a rebuild
+    metrics = yolo.evaluate_yolo(tuned, shapes.yaml, IMGSZ, tmp_path, repeats=2)
+    assert 0.0 <= metrics["map50_95"] <= metrics["map50"] <= 1.0
+    assert metrics["macs"] == pruned_macs
+
+
+def test_shapes_dataset_is_deterministic(tmp_path, shapes):
+    again = detection.make_shapes(tmp_path / "again")
+    first = shapes.yaml.parent
+    for split, count in (("train", 240), ("val", 60)):
+        labels = sorted((first / "labels" / split).glob("*.txt"))
+        assert len(labels) == count
+        assert all(f.read_text() == (again / "labels" / split / f.name).read_text() for f in labels[:20])
+    spec = yaml.safe_load(shapes.yaml.read_text())
+    assert spec["names"] == {0: "square", 1: "circle", 2: "triangle"}
+
+
+def test_dataset_yaml_with_missing_paths(tmp_path):
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    path = tmp_path / "coco.yaml"
+    path.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images/train", "val": "images/val2017",
+                                    "names": {0: "person"}, "download": "https://example.com/coco.zip"}))
+    with pytest.raises(PruneBenchError, match="missing on disk: val .*images/val2017"):
+        detection.load_detection_data(str(path), tmp_path / "cache")
+    with pytest.raises(PruneBenchError, match="does not exist"):
+        detection.load_detection_data(str(tmp_path / "nope.yaml"))
+
+
+def test_local_dataset_yaml_is_normalised(tmp_path, shapes):
+    folder = shapes.yaml.parent
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"path": str(folder), "train": "images/train", "val": "images/val",
+                                    "names": ["a", "b", "c"], "download": "https://example.com/x.zip"}))
+    data = detection.load_detection_data(str(path), tmp_path / "cache", imgsz=IMGSZ)
+    spec = yaml.safe_load(data.yaml.read_text())
+    assert "download" not in spec and spec["val"] == str(folder / "images" / "val") and data.num_classes == 3
+
+
+def test_bad_image_size_and_bad_model():
+    model = pruning.create_model("yolov8n", 3, 3, IMGSZ)
+    with pytest.raises(PruneBenchError, match="multiple of the stride"):
+        yolo.prune_yolo(model, 50, "l2", 2.0)
+    with pytest.raises(PruneBenchError, match="unknown YOLO model"):
+        yolo.build_yolo("yolov9x", 3)
+
+
+def test_offline_and_quiet_setup():
+    yolo.ultralytics_setup()
+    from ultralytics import utils
+    assert os.environ["YOLO_OFFLINE"] == "1"
+    assert all(utils.SETTINGS.get(k) is False for k in ("mlflow", "dvc", "wandb", "comet", "clearml", "sync"))
+    assert (utils.USER_CONFIG_DIR / "Arial.ttf").is_file()  # the font check finds it locally: no download
+
+    class Holder:  # a trainer-like object with an MLflow callback added by ultralytics
+        callbacks = {"on_train_start": []}
+    from ultralytics.utils.callbacks import base
+    holder = Holder()
+    holder.callbacks = base.get_default_callbacks()
+    fake = lambda trainer: None
+    fake.__module__ = "ultralytics.utils.callbacks.mlflow"
+    holder.callbacks["on_pretrain_routine_end"].append(fake)
+    yolo._drop_integration_callbacks(holder)
+    assert fake not in holder.callbacks["on_pretrain_routine_end"]
