@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .errors import PruneBenchError, unknown_choice
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:<path>")
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:<path>", "shapes", "<ultralytics dataset>.yaml")
 SPLITS = ("train", "val", "test")
 _MEAN, _STD = 0.5, 0.25  # one normalisation for uint8 data of every source: keeps prepared data source-agnostic
 

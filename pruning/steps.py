@@ -164,7 +164,8 @@ def _protected_step(pruner: tp.pruner.BasePruner, protect: float) -> None:
         initial = (pruner.layer_init_out_ch if is_out else pruner.layer_init_in_ch).get(module)
         current = pruner.DG.get_out_channels(module) if is_out else pruner.DG.get_in_channels(module)
         is_attention, _ = pruner._is_atten_group(g)
-        if protect > 0 and initial and current and not is_attention:
+        # attention heads and grouped channels prune in fixed patterns that trimming would break
+        if protect > 0 and initial and current and not is_attention and pruner._get_channel_groups(g) == 1:
             allowed = current - max(1, math.ceil(initial * protect - 1e-9))
             if allowed <= 0:
                 continue
@@ -172,7 +173,7 @@ def _protected_step(pruner: tp.pruner.BasePruner, protect: float) -> None:
                 full = pruner.DG.get_pruning_group(module, dep.handler, list(range(current)))
                 scores = pruner.estimate_importance(full)
                 chosen = [int(i) for i in idxs]
-                if scores is not None:
+                if scores is not None and len(scores) > max(chosen):
                     chosen.sort(key=lambda i: float(scores[i]))
                 g = pruner.DG.get_pruning_group(module, dep.handler, chosen[:allowed])
         g.prune()

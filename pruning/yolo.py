@@ -299,6 +299,8 @@ def finetune_yolo(model: nn.Module, data_yaml: Path, imgsz: int, epochs: int, wo
     trained = trainer.ema.ema if trainer.ema is not None else trainer.model
     trained = trained.float().eval()
     _reset_cached_state(trained)
+    for name, p in trained.named_parameters():  # ultralytics' EMA copy is frozen; DepGraph traces via autograd
+        p.requires_grad_(".dfl" not in name)
     for attr in ("prunebench_history", "prunebench_name"):
         if hasattr(model, attr):
             setattr(trained, attr, getattr(model, attr))

@@ -91,6 +91,10 @@ def test_taylor_calibrates_on_detection_loss_then_finetune_and_val(shapes, tmp_p
     tuned = yolo.finetune_yolo(model, shapes.yaml, IMGSZ, 1, tmp_path, batch=16)
     x = torch.randn(1, 3, IMGSZ, IMGSZ)
     assert pruning.count_macs_params(tuned, x)[0] == pruned_macs  # the pruned object was trained, not a rebuild
+    # ultralytics' EMA copy comes back frozen; it must stay prunable (DepGraph traces through autograd)
+    assert all(p.requires_grad for n, p in tuned.named_parameters() if ".dfl" not in n)
+    again, rep = yolo.prune_yolo(copy.deepcopy(tuned), IMGSZ, "l2", 1.2, steps=20)
+    assert rep.speedup >= 1.2
     metrics = yolo.evaluate_yolo(tuned, shapes.yaml, IMGSZ, tmp_path, repeats=2)
     assert 0.0 <= metrics["map50_95"] <= metrics["map50"] <= 1.0
     assert metrics["macs"] == pruned_macs
