@@ -57,7 +57,8 @@ def project(tmp: Path, quick: dict | None = None) -> tuple[Path, dict]:
         (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(proj),
            "PREFECT_HOME": str(tmp / "prefect"), "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b", "DVC_NO_ANALYTICS": "1"}
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b", "DVC_NO_ANALYTICS": "1",
+           "OMP_WAIT_POLICY": "PASSIVE"}  # as the prunebench commands set it, so the bare loop is comparable
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_API_URL", None)
     for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], ["git", "add", "-A"],
