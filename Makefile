@@ -1,6 +1,7 @@
 # Two commands: `make bench` runs the benchmark on the embedded default, `make test` passes the tests.
 # Each creates .venv and installs on first use.
 PY := .venv/bin/python
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV_STAMP := .venv/.installed
 
 .PHONY: bench test install ui clean

@@ -9,6 +9,8 @@ QUIET = {
     "YOLO_OFFLINE": "1",
     "HF_HUB_OFFLINE": "1",
     "PREFECT_LOGGING_LEVEL": "WARNING",
+    # torch's OpenMP threads spin-wait by default; on a busy 2-core machine that makes epochs ~15x slower
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 

@@ -270,8 +270,11 @@ def write_reports(summary: dict, out: Path = Path("reports")) -> dict:
 
 
 def print_table(summary: dict, rows: Optional[list] = None, console=None) -> None:
+    import sys
+
     from rich.console import Console
     from rich.table import Table
+    console = console or Console(width=None if sys.stdout.isatty() else 200)  # logs (DVC, CI): no truncation
     rows = build(summary) if rows is None else rows
     flat = table_rows(rows)
     table = Table(title=f"prunebench leaderboard: {summary['model']} on {summary['dataset']} "
@@ -280,7 +283,7 @@ def print_table(summary: dict, rows: Optional[list] = None, console=None) -> Non
         table.add_column(c, justify="right" if c not in ("method", "criterion", "sparsifier", "scope") else "left")
     for d in flat:
         table.add_row(*[str(v) for v in d.values()])
-    (console or Console(stderr=False)).print(table)
+    console.print(table)
     tau = rank_consistency(summary)
     if tau["mean"] is not None:
-        (console or Console()).print(f"rank consistency across speedups: mean Kendall tau {tau['mean']:.3f}")
+        console.print(f"rank consistency across speedups: mean Kendall tau {tau['mean']:.3f}")
