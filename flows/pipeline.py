@@ -138,6 +138,16 @@ def _read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+def _once(work: str, step: str, compute) -> dict:
+    """A step's result, computed once per trial folder: a rerun after a kill reuses the finished step's file."""
+    done = Path(work) / f"{step}.json"
+    if done.is_file():
+        return _read_json(done)
+    result = compute()
+    _write_json(done, result)
+    return result
+
+
 @dataclass(frozen=True)
 class Trial:
     method: str
@@ -200,56 +210,44 @@ def sparsify_task(params: Params, method: str, dense: str, work: str) -> dict:
     import pruning
     if pruning.resolve(method).sparsifier is None:
         return {"checkpoint": dense, "seconds_sparsify": 0.0, "sparsify_history": []}
-    done = Path(work) / "sparsify.json"
-    if done.is_file():
-        return _read_json(done)
     out = Path(work) / "sparse.pt"
-    result = stages.sparsify_stage(params, method, Path(dense), out,
-                                   _on_epoch(f"sparsify {method}", params.sparsify.epochs))
-    result["checkpoint"] = str(out)
-    _write_json(done, result)
-    return result
+
+    def compute():
+        result = stages.sparsify_stage(params, method, Path(dense), out,
+                                       _on_epoch(f"sparsify {method}", params.sparsify.epochs))
+        return {**result, "checkpoint": str(out)}
+    return _once(work, "sparsify", compute)
 
 
 @task(name="prune", task_run_name="prune[{method}@{speedup}x/{scope}]", **TASK)
 def prune_task(params: Params, method: str, speedup: float, scope: str, source: str, work: str) -> dict:
-    done = Path(work) / "prune.json"
-    if done.is_file():
-        return _read_json(done)
     out = Path(work) / "pruned.pt"
-    result = stages.prune_stage(params, method, speedup, scope, Path(source), out)
-    channels = result.pop("channels", [])
-    _write_channels(Path(work), channels)
-    result["checkpoint"] = str(out)
-    _write_json(done, result)
-    return result
+
+    def compute():
+        result = stages.prune_stage(params, method, speedup, scope, Path(source), out)
+        _write_channels(Path(work), result.pop("channels", []))
+        return {**result, "checkpoint": str(out)}
+    return _once(work, "prune", compute)
 
 
 @task(name="finetune", task_run_name="finetune[{name}]", **TASK)
 def finetune_task(params: Params, name: str, source: str, work: str) -> dict:
-    done = Path(work) / "finetune.json"
-    if done.is_file():
-        return _read_json(done)
     out = Path(work) / "finetuned.pt"
     epochs = params.finetune.epochs
-    if epochs > 0:
-        result = stages.finetune_stage(params, Path(source), out, epochs, _on_epoch(f"finetune {name}", epochs))
-    else:
-        out.write_bytes(Path(source).read_bytes())
-        result = {"seconds_finetune": 0.0, "finetune_history": []}
-    result["checkpoint"] = str(out)
-    _write_json(done, result)
-    return result
+
+    def compute():
+        if epochs > 0:
+            result = stages.finetune_stage(params, Path(source), out, epochs, _on_epoch(f"finetune {name}", epochs))
+        else:
+            out.write_bytes(Path(source).read_bytes())
+            result = {"seconds_finetune": 0.0, "finetune_history": []}
+        return {**result, "checkpoint": str(out)}
+    return _once(work, "finetune", compute)
 
 
 @task(name="evaluate", task_run_name="evaluate[{name}]", **TASK)
 def evaluate_task(params: Params, name: str, checkpoint: str, work: str) -> dict:
-    done = Path(work) / "evaluate.json"
-    if done.is_file():
-        return _read_json(done)
-    result = stages.evaluate_stage(params, Path(checkpoint))
-    _write_json(done, result)
-    return result
+    return _once(work, "evaluate", lambda: stages.evaluate_stage(params, Path(checkpoint)))
 
 
 def _write_channels(work: Path, channels: list) -> None:

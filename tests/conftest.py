@@ -28,3 +28,13 @@ def cli(tmp_path):
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
         return proc.returncode, proc.stdout, proc.stderr
     return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: tiny tensors only pay synchronisation cost for more (large on a shared CPU)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -506,13 +506,7 @@ class CPImportance(_ConsumerImportance):
             return fn
 
         model.eval()
-        for b, (x, _) in enumerate(batches):
-            hooks = [conv.register_forward_hook(hook(conv, b)) for conv in convs]
-            try:
-                model(x)
-            finally:
-                for h in hooks:
-                    h.remove()
+        _forward_with_hooks(model, batches, convs, hook)
         self._refit_data = {"batches": batches, "positions": positions,
                             "targets": {c: torch.cat(t) for c, t in targets.items()}}
 
@@ -541,13 +535,7 @@ class CPImportance(_ConsumerImportance):
 
         was_training = model.training
         model.eval()
-        for b, (x, _) in enumerate(data["batches"]):
-            hooks = [conv.register_forward_hook(hook(conv, b)) for conv in convs]
-            try:
-                model(x)
-            finally:
-                for h in hooks:
-                    h.remove()
+        _forward_with_hooks(model, data["batches"], convs, hook)
         model.train(was_training)
         for conv in convs:
             out_ids = self.codes.out_ids(conv)
@@ -585,3 +573,14 @@ def thinet(samples_per_image: int = 10, **_):
           reference="He et al., Channel Pruning for Accelerating Very Deep Neural Networks, ICCV 2017")
 def cp(samples_per_image: int = 10, refit: bool = False, **_):
     return CPImportance(samples_per_image=samples_per_image, refit=refit)
+
+
+def _forward_with_hooks(model: nn.Module, batches, layers, make_hook) -> None:
+    """Run every batch through the model with ``make_hook(layer, batch_index)`` as each layer's forward hook."""
+    for b, (x, _) in enumerate(batches):
+        hooks = [layer.register_forward_hook(make_hook(layer, b)) for layer in layers]
+        try:
+            model(x)
+        finally:
+            for h in hooks:
+                h.remove()
