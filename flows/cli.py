@@ -130,6 +130,16 @@ def _split_list(values: Optional[List[str]]) -> Optional[list]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
+def describe(result: dict) -> str:
+    """One trial's outcome in a progress line."""
+    if "line" in result:  # tuning trials describe themselves
+        return result["line"]
+    if result.get("status") != "ok":
+        return f"FAILED: {result.get('error')}"
+    return (f"acc {result['acc_finetuned']:.2f} (dense {result['acc_dense']:.2f}), speedup {result['speedup']:.2f}x"
+            + (" [cached]" if result.get("cached") else ""))
+
+
 def _reporter():
     from . import pipeline
 
@@ -139,21 +149,16 @@ def _reporter():
         def __init__(self):
             self.total, self.done = 0, 0
 
-        def sweep_start(self, total):
-            self.total = total
-            typer.echo(f"benchmark: {total} trial(s)", err=True)
+        def sweep_start(self, total, label="benchmark"):
+            self.total, self.done = total, 0
+            typer.echo(f"{label}: {total} trial(s)", err=True)
 
         def trial_start(self, name):
             typer.echo(f"[{self.done + 1}/{self.total}] {name} ...", err=True)
 
         def trial_end(self, name, result):
             self.done += 1
-            if result.get("status") != "ok":
-                what = f"FAILED: {result.get('error')}"
-            else:
-                what = (f"acc {result['acc_finetuned']:.2f} (dense {result['acc_dense']:.2f}), "
-                        f"speedup {result['speedup']:.2f}x" + (" [cached]" if result.get("cached") else ""))
-            typer.echo(f"[{self.done}/{self.total}] {name}: {what}", err=True)
+            typer.echo(f"[{self.done}/{self.total}] {name}: {describe(result)}", err=True)
 
         def epoch(self, label, total, row):
             acc = f" val_acc {row['val_acc']:.2f}" if row.get("val_acc") is not None else ""
@@ -171,9 +176,9 @@ def _reporter():
             self.sweep = None
             self.epochs = {}
 
-        def sweep_start(self, total):
-            self.total = total
-            self.sweep = self.progress.add_task("sweep", total=total)
+        def sweep_start(self, total, label="benchmark"):
+            self.total, self.done = total, 0
+            self.sweep = self.progress.add_task(label, total=total)
 
         def trial_start(self, name):
             if self.sweep is not None:
@@ -183,12 +188,7 @@ def _reporter():
             self.done += 1
             if self.sweep is not None:
                 self.progress.advance(self.sweep)
-            if result.get("status") != "ok":
-                self.progress.console.print(f"[red]{name} failed:[/red] {result.get('error')}")
-            else:
-                self.progress.console.print(
-                    f"{name}: acc {result['acc_finetuned']:.2f} (dense {result['acc_dense']:.2f}), "
-                    f"speedup {result['speedup']:.2f}x" + (" [cached]" if result.get("cached") else ""))
+            self.progress.console.print(f"{name}: {describe(result)}", markup=False)
 
         def epoch(self, label, total, row):
             task_id = self.epochs.get(label)
@@ -290,6 +290,97 @@ def benchmark(
     if failed:
         typer.echo(f"{len(failed)} of {len(summary['trials'])} trial(s) failed (see the leaderboard and MLflow)",
                    err=True)
+
+
+@app.command()
+def tune(
+    methods: Optional[List[str]] = typer.Option(None, "--method", "--methods",
+                                                help="method(s) to tune (repeat or comma-separate; default tune.methods)"),
+    speedup: Optional[float] = typer.Option(None, "--speedup", help="MACs target every trial meets (> 1)"),
+    trials: Optional[int] = typer.Option(None, "--trials", help="finished trials the study reaches (resumes)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="short finetune epochs per trial"),
+    multi_objective: Optional[bool] = typer.Option(None, "--multi-objective/--single-objective",
+                                                   help="accuracy vs MACs (Pareto front, no target)"),
+    storage: Optional[str] = typer.Option(None, "--storage",
+                                          help="Optuna storage: sqlite:///optuna.db, journal:<file>, postgresql://..."),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="name the study (one method only)"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after this many seconds"),
+    final: bool = typer.Option(True, "--final/--no-final",
+                               help="full finetune of the best allocation, compared with the untuned trial"),
+    params_file: Path = PARAMS,
+    profile: Optional[str] = PROFILE,
+):
+    """Tune the pruning-ratio allocation of each method with Optuna; the best one is compared with the untuned trial."""
+    start_server()
+    tune_over = {k: v for k, v in {"speedup": speedup, "trials": trials, "epochs": epochs, "storage": storage,
+                                   "multi_objective": multi_objective, "timeout": timeout}.items() if v is not None}
+    if methods:
+        tune_over["methods"] = _split_list(methods)
+    params = load(params_file, profile, {"tune": tune_over})
+    methods = params.tune.methods
+    if study_name and len(methods) > 1:
+        fail("--study-name names one study: give a single --method")
+    from . import pipeline
+    from . import tune as tuning
+    from .tracking import tracking_uri
+    run_guarded(tuning.check, params, None if params.tune.multi_objective else params.tune.speedup)
+    target = None if params.tune.multi_objective else params.tune.speedup
+    summaries = run_flow(tuning.tune_flow, tracking_uri(params.tracking.mlflow_uri), params.model_dump(), methods,
+                         target, params.tune.trials, study_name, final)
+    show_studies(summaries)
+    if final and not params.tune.multi_objective:
+        if pipeline.RESULTS_PATH.is_file():
+            run_guarded(pipeline.leaderboard_flow)
+            typer.echo("tuned trials added to reports/leaderboard.* beside the untuned ones", err=True)
+        else:
+            typer.echo("tuned results in reports/tuned.json; `prunebench benchmark` puts them in the leaderboard",
+                       err=True)
+
+
+def show_studies(summaries: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    for s in summaries:
+        t = s["trials"]
+        console.print(f"study [bold]{s['study']}[/bold] ({s['storage']}): {t['complete']} complete, "
+                      f"{t['pruned']} pruned, {t['fail']} failed", highlight=False)
+        if s.get("pareto"):
+            table = Table("trial", "val acc", "MACs", title="Pareto front (accuracy vs MACs)")
+            for row in s["pareto"]:
+                table.add_row(str(row["number"]), f"{row['val_acc']:.2f}", f"{row['macs_pruned'] / 1e6:.2f}M")
+            console.print(table)
+        if s.get("tuned"):
+            table = Table("", "acc (test)", "speedup", "MACs", "allocation", title=f"{s['method']} at "
+                          f"{s['speedup_target']:g}x: best trial {s['best']['number']} "
+                          f"(val {s['best']['val_acc']:.2f})")
+            tuned, plain = s["tuned"], s["untuned"]
+            kept = ", ".join(f"{g} {v:.2f}" for g, v in tuned["kept"].items())
+            table.add_row("tuned", f"{tuned['acc_finetuned']:.2f}", f"{tuned['speedup']:.2f}x",
+                          f"{tuned['macs_pruned'] / 1e6:.2f}M", f"kept: {kept}; protect {tuned['protect']:.2f}, "
+                          f"{tuned['steps']} steps")
+            if plain.get("status") == "ok":
+                table.add_row(f"untuned ({plain['scope']})", f"{plain['acc_finetuned']:.2f}",
+                              f"{plain['speedup']:.2f}x", f"{plain['macs_pruned'] / 1e6:.2f}M", "")
+            else:
+                table.add_row("untuned", "failed", "", "", str(plain.get("error")))
+            console.print(table)
+
+
+@app.command()
+def serve(
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the deployments and their next runs, then exit"),
+    params_file: Path = PARAMS,
+):
+    """Serve the scheduled deployments of params.yaml's schedules section (needs `prefect server start`)."""
+    params = load(params_file, None)
+    from . import schedules
+    deployments = run_guarded(schedules.deployments, params, params_file)
+    schedules.show(deployments, params)
+    if dry_run:
+        return
+    run_guarded(schedules.check_server)
+    schedules.serve(deployments)
 
 
 @app.command()

@@ -98,25 +98,109 @@ class BenchmarkParams(_Section):
     @field_validator("methods")
     @classmethod
     def known_methods(cls, v):
-        for name in v:
-            try:
-                resolve(name)
-            except PruneBenchError as e:
-                raise ValueError(str(e))
-        return v
+        return _methods(v)
 
     @field_validator("speedups")
     @classmethod
     def speedups_above_one(cls, v):
-        bad = [s for s in v if not s > 1]
-        if bad:
-            raise ValueError(f"every speedup must be > 1 (dense MACs / pruned MACs); got {bad}")
-        return v
+        return _speedups(v)
 
     @field_validator("scopes")
     @classmethod
     def known_scopes(cls, v):
         return [_scope(s) for s in v]
+
+
+class TuneParams(_Section):
+    """Optuna search over pruning-ratio allocations (``prunebench tune``)."""
+    methods: List[str] = Field(default_factory=lambda: ["l2"], min_length=1)  # what the scheduled study tunes
+    speedup: float = 4.0                     # the MACs target every trial meets (single-objective mode)
+    trials: int = Field(20, ge=1)            # finished (complete or pruned) trials the study reaches
+    epochs: int = Field(1, ge=1)             # the short finetune of each trial, reported per epoch to the pruner
+    final_epochs: Optional[int] = Field(None, ge=1)  # the best allocation's full finetune (default: finetune.epochs)
+    layer_groups: int = Field(4, ge=1, le=16)  # at most this many layer groups, each with its own ratio
+    ratio_range: List[float] = Field(default_factory=lambda: [0.2, 1.0])    # per layer-group ratio
+    protect_range: List[float] = Field(default_factory=lambda: [0.05, 0.3])  # every group keeps >= this share
+    steps: List[int] = Field(default_factory=lambda: [50, 100], min_length=1)  # iterative-steps choices
+    multi_objective: bool = False            # accuracy vs MACs, no fixed target: a Pareto front
+    sampler: str = "tpe"                     # tpe | random | nsga2
+    pruner: str = "median"                   # median | hyperband | none (single-objective only)
+    storage: str = "sqlite:///optuna.db"     # sqlite:///..., postgresql://..., or journal:<file>
+    timeout: Optional[float] = Field(None, gt=0)  # seconds for this invocation (the study resumes later)
+
+    @field_validator("methods")
+    @classmethod
+    def known_methods(cls, v):
+        return _methods(v)
+
+    @field_validator("speedup")
+    @classmethod
+    def speedup_above_one(cls, v):
+        return _speedups([v])[0]
+
+    @field_validator("ratio_range")
+    @classmethod
+    def ratio_range_ok(cls, v):
+        return _range("ratio_range", v, lambda x: 0 < x <= 1, "within (0, 1]")
+
+    @field_validator("protect_range")
+    @classmethod
+    def protect_range_ok(cls, v):
+        return _range("protect_range", v, lambda x: 0 < x < 1, "within (0, 1): every group keeps a channel")
+
+    @field_validator("steps")
+    @classmethod
+    def steps_ok(cls, v):
+        if any(s < 1 for s in v):
+            raise ValueError(f"every iterative-steps choice must be >= 1; got {v}")
+        return sorted(set(v))
+
+    @field_validator("sampler")
+    @classmethod
+    def known_sampler(cls, v):
+        return _choice("sampler", v, ("tpe", "random", "nsga2"))
+
+    @field_validator("pruner")
+    @classmethod
+    def known_pruner(cls, v):
+        return _choice("pruner", v, ("median", "hyperband", "none"))
+
+
+class Schedule(_Section):
+    cron: str
+    enabled: bool = True
+    profile: Optional[str] = None   # a params.yaml profile the scheduled run applies
+
+    @field_validator("cron")
+    @classmethod
+    def valid_cron(cls, v):
+        from datetime import datetime
+
+        from cronsim import CronSim, CronSimError  # what Prefect's scheduler stack uses; light to import
+        try:
+            CronSim(v, datetime(2000, 1, 1))
+        except (CronSimError, ValueError):
+            raise ValueError(f"{v!r} is not a cron expression (minute hour day-of-month month day-of-week)")
+        if len(v.split()) != 5:
+            raise ValueError(f"{v!r} must have 5 fields: minute hour day-of-month month day-of-week")
+        return v
+
+
+class ScheduleParams(_Section):
+    """Prefect deployments ``prunebench serve`` registers: the benchmark and the tuning study, each on a cron."""
+    timezone: str = "UTC"
+    benchmark: Optional[Schedule] = Field(default_factory=lambda: Schedule(cron="0 2 * * *"))
+    tune: Optional[Schedule] = Field(default_factory=lambda: Schedule(cron="0 3 * * 6"))
+
+    @field_validator("timezone")
+    @classmethod
+    def known_timezone(cls, v):
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {v!r} (an IANA name such as UTC or Europe/Berlin)")
+        return v
 
 
 class TrackingParams(_Section):
@@ -134,8 +218,43 @@ class Params(_Section):
     finetune: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
+    tune: TuneParams = Field(default_factory=TuneParams)
+    schedules: ScheduleParams = Field(default_factory=ScheduleParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     profiles: dict = Field(default_factory=dict)
+
+
+def _methods(names: list) -> list:
+    for name in names:
+        try:
+            resolve(name)
+        except PruneBenchError as e:
+            raise ValueError(str(e))
+    return names
+
+
+def _speedups(v: list) -> list:
+    bad = [s for s in v if not s > 1]
+    if bad:
+        raise ValueError(f"every speedup must be > 1 (dense MACs / pruned MACs); got {bad}")
+    return v
+
+
+def _range(name: str, v: list, ok, what: str) -> list:
+    if len(v) != 2:
+        raise ValueError(f"{name} takes [low, high]; got {v}")
+    low, high = v
+    if not (ok(low) and ok(high)):
+        raise ValueError(f"{name} {v} must lie {what}")
+    if not low < high:
+        raise ValueError(f"{name} {v} is empty or inverted: low must be < high")
+    return [float(low), float(high)]
+
+
+def _choice(name: str, v: str, choices: tuple) -> str:
+    if v not in choices:
+        raise ValueError(f"unknown {name} {v!r}; choose one of: {', '.join(choices)}")
+    return v
 
 
 def _scope(v: str) -> str:

@@ -20,6 +20,21 @@ LONG_COLUMNS = ["rank", "method", "criterion", "sparsifier", "scope", "speedup_t
                 "error"]
 
 
+TUNED = "tuned"  # the scope of tuned trials (prunebench tune): listed beside the untuned rows, not ranked
+
+
+def with_tuned(summary: dict, tuned: dict) -> dict:
+    """The summary plus the tuned trials (``reports/tuned.json``) of its model, dataset and speedups."""
+    speedups = {float(s) for s in summary.get("speedups", [])}
+    extra = [t for t in tuned.values() if t.get("model") == summary["model"] and t.get("dataset") ==
+             summary["dataset"] and float(t["speedup_target"]) in speedups]
+    if not extra:
+        return summary
+    trials = [t for t in summary["trials"] if t.get("scope") != TUNED] + sorted(extra, key=lambda t: t["method"])
+    scopes = [s for s in summary.get("scopes", []) if s != TUNED] + [TUNED]
+    return {**summary, "trials": trials, "scopes": scopes}
+
+
 def _split(method: str) -> tuple[str, str]:
     crit, _, sp = method.partition("+")
     return crit, sp or "none"
@@ -47,6 +62,8 @@ def long_rows(summary: dict) -> list[dict]:
         rows.append(row)
     for (s, scope), group in itertools.groupby(sorted(rows, key=lambda r: (r["speedup_target"], r["scope"])),
                                                key=lambda r: (r["speedup_target"], r["scope"])):
+        if scope == TUNED:
+            continue
         ranked = sorted((r for r in group if r["status"] == "ok"), key=lambda r: -r["acc_finetuned"])
         for i, r in enumerate(ranked, 1):
             r["rank"] = i
@@ -74,16 +91,17 @@ def build(summary: dict) -> list[dict]:
         ranks = [row["by_speedup"].get(s, {}).get("rank", n_methods + 1) for s in speedups]
         accs = [row["by_speedup"][s]["acc_finetuned"] for s in speedups
                 if row["by_speedup"].get(s, {}).get("status") == "ok"]
-        row["mean_rank"] = sum(ranks) / len(ranks)
+        row["mean_rank"] = sum(ranks) / len(ranks) if row["scope"] != TUNED else float("nan")
         row["mean_acc"] = sum(accs) / len(accs) if accs else float("nan")
         row["step_time"] = sum(row.pop("seconds_prune")) / max(1, len(accs)) if accs else float("nan")
         sp = row.pop("seconds_sparsify")
         row["reg_time"] = max(sp) if sp else float("nan")  # sparse training runs once per method, shared
         row["speedups"] = speedups
         out.append(row)
-    out.sort(key=lambda r: (r["mean_rank"], -(r["mean_acc"] if r["mean_acc"] == r["mean_acc"] else -1e9)))
+    out.sort(key=lambda r: (r["scope"] == TUNED, r["mean_rank"] if r["scope"] != TUNED else 0,
+                            -(r["mean_acc"] if r["mean_acc"] == r["mean_acc"] else -1e9)))
     for i, r in enumerate(out, 1):
-        r["rank"] = i
+        r["rank"] = i if r["scope"] != TUNED else "-"
     return out
 
 

@@ -43,7 +43,7 @@ FLOW = dict(persist_result=False, log_prints=False, validate_parameters=False)
 class Reporter:
     """Progress hooks; the CLI installs a visible one, the default is silent."""
 
-    def sweep_start(self, total: int) -> None: ...
+    def sweep_start(self, total: int, label: str = "benchmark") -> None: ...
     def trial_start(self, name: str) -> None: ...
     def trial_end(self, name: str, result: dict) -> None: ...
     def epoch(self, label: str, total: int, row: dict) -> None: ...
@@ -217,6 +217,12 @@ def sparsify_task(params: Params, method: str, dense: str, work: str) -> dict:
                                        _on_epoch(f"sparsify {method}", params.sparsify.epochs))
         return {**result, "checkpoint": str(out)}
     return _once(work, "sparsify", compute)
+
+
+def sparsified(p: Params, method: str, dense: str, dense_hash: str, data_hash: str, trials_dir: str) -> dict:
+    """The method's sparse-trained checkpoint, cached by its own key (shared by its speedups and tuning trials)."""
+    work = Path(trials_dir) / "sparse" / sparse_key(p, method, dense_hash, data_hash)
+    return sparsify_task(p, method, str(dense), str(work))
 
 
 @task(name="prune", task_run_name="prune[{method}@{speedup}x/{scope}]", **TASK)
@@ -400,8 +406,7 @@ def run_trial(ctx: SweepContext, trial: Trial) -> dict:
             result = _read_json(result_file)
         else:
             start = time.perf_counter()
-            sdir = Path(ctx.trials_dir) / "sparse" / sparse_key(p, trial.method, ctx.dense_hash, ctx.data["content"])
-            sp = sparsify_task(p, trial.method, ctx.dense, str(sdir))
+            sp = sparsified(p, trial.method, ctx.dense, ctx.dense_hash, ctx.data["content"], ctx.trials_dir)
             pr = prune_task(p, trial.method, trial.speedup, trial.scope, sp["checkpoint"], str(work))
             ft = finetune_task(p, trial.name, pr["checkpoint"], str(work))
             ev = evaluate_task(p, trial.name, ft["checkpoint"], str(work))
@@ -449,6 +454,22 @@ def dense_for(params: Params, dense_path: Path = DENSE_PATH) -> Optional[Path]:
     return Path(dense_path) if meta.get("extra", {}).get("baseline_key") == stages.baseline_key(params) else None
 
 
+def baseline(p: Params, dense_path: Path = DENSE_PATH) -> Path:
+    """The prepared data and the dense baseline: ``models/dense.pt`` when it fits these params, else a cached one."""
+    ensure_prepared(p)
+    dense = dense_for(p, Path(dense_path))
+    if dense is None:
+        REPORTER.message(f"{dense_path} missing or trained with other params: using a cached baseline "
+                         f"(pretrained on first use)")
+        dense = Path(pretrain_task(p, None))
+    return dense
+
+
+def evaluate_dense(p: Params, dense: Path, dense_hash: str, data: dict, trials_dir: str) -> dict:
+    key = make_key(dense_hash, p.evaluate.model_dump(), data["content"])
+    return evaluate_dense_task(p, str(dense), str(Path(trials_dir) / f"dense-{key}.json"))
+
+
 @flow(name="prepare", **FLOW)
 def prepare_flow(params: dict) -> str:
     return prepare_task(Params.model_validate(params))
@@ -470,11 +491,7 @@ def benchmark_flow(params: dict, trials_dir: str = str(TRIALS_DIR), dense_path: 
     """Every (method, speedup, scope) trial of params.yaml's benchmark section; writes ``results_path``."""
     from .tracking import experiment_name, git_rev
     p = Params.model_validate(params)
-    ensure_prepared(p)
-    dense = dense_for(p, Path(dense_path))
-    if dense is None:
-        REPORTER.message(f"{dense_path} missing or trained with other params: pretraining a cached baseline")
-        dense = Path(pretrain_task(p, None))
+    dense = baseline(p, Path(dense_path))
     tracker = _tracker(_uri(p))
     data = data_version(p)
     dense_hash = file_digest(dense)
@@ -493,7 +510,7 @@ def benchmark_flow(params: dict, trials_dir: str = str(TRIALS_DIR), dense_path: 
                                  "dataset_md5": data["digest"], "concurrency": p.benchmark.concurrency,
                                  "trials": len(trials)}, tags)
     tracker.log_dataset(parent, p.data.dataset, data["digest"], data["path"], {"dataset_version": data["digest"]})
-    dense_eval = evaluate_dense_task(p, str(dense), str(Path(trials_dir) / f"dense-{make_key(dense_hash, p.evaluate.model_dump(), data['content'])}.json"))
+    dense_eval = evaluate_dense(p, dense, dense_hash, data, trials_dir)
     ctx = SweepContext(p, str(dense), dense_hash, dense_eval, data, exp, parent, tracker.uri, trials_dir, tags)
     REPORTER.sweep_start(len(trials))
     by_method: dict = {}
@@ -530,7 +547,10 @@ def leaderboard_flow(results_path: str = str(RESULTS_PATH), out_dir: str = str(R
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from . import leaderboard
+    from .tune import TUNED_PATH
     summary = _read_json(Path(results_path))
+    if TUNED_PATH.is_file():
+        summary = leaderboard.with_tuned(summary, _read_json(TUNED_PATH))
     files = leaderboard.write_reports(summary, Path(out_dir))
     rows = leaderboard.build(summary)
     create_table_artifact(key="prunebench-leaderboard", table=leaderboard.table_rows(rows),

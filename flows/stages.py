@@ -123,20 +123,50 @@ def sparsify_stage(params: Params, method: str, dense: Path, out: Path, on_epoch
     return {"seconds_sparsify": seconds, "sparsify_history": history}
 
 
-def prune_stage(params: Params, method: str, speedup: float, scope: str, source: Path, out: Path) -> dict:
-    """Prune a checkpoint to the MACs speedup target; record the report and accuracy before finetuning."""
+def prune_stage(params: Params, method: str, speedup: Optional[float], scope: str, source: Path, out: Path,
+                allocation: Optional[dict] = None, eval_split: str = "test") -> dict:
+    """Prune a checkpoint to the MACs speedup target; record the report and accuracy before finetuning.
+
+    ``allocation`` (``{layer group: ratio}``, see :mod:`pruning.allocation`) gives each layer group its own share:
+    scaled until the target is met, or taken as absolute ratios when ``speedup`` is None.  ``eval_split`` is where
+    ``acc_pruned`` is measured (tuning reads ``val``, never ``test``).
+    """
     pruning.seed_everything(params.seed)
     bundle = load_bundle(params)
     model, _ = _load(Path(source), params, bundle)
     calibration = bundle.loader("train", params.data.batch_size, shuffle=True, seed=params.seed)
     p = params.prune
+    ratio_dict, groups = None, {}
+    if allocation is not None:
+        from pruning import allocation as alloc
+        groups = alloc.layer_groups(model, bundle.spec.num_classes, max_groups=params.tune.layer_groups)
+        ratio_dict = alloc.ratio_dict(groups, alloc.scalable(allocation) if speedup is not None else allocation)
+        dense_widths = alloc.group_widths(groups)
     model, report = pruning.prune(model, bundle.spec.example_inputs(), method, speedup, scope, data=calibration,
                                   protect=p.protect, steps=p.steps, calibration_batches=p.calibration_batches,
-                                  num_classes=bundle.spec.num_classes)
-    acc = pruning.accuracy(model, bundle.loader("test", 256))
+                                  num_classes=bundle.spec.num_classes, pruning_ratio_dict=ratio_dict)
+    acc = pruning.accuracy(model, bundle.loader(eval_split, 256))
     summary = report.summary()
-    _save(Path(out), model, params, bundle, {"report": summary})
+    if groups:  # the share of each group's channels that stayed: the allocation actually applied
+        summary["kept_by_group"] = {g: w / dense_widths[g] for g, w in alloc.group_widths(groups).items()}
+    _save(Path(out), model, params, bundle, {"report": summary, "allocation": allocation})
     return {**summary, "acc_pruned": acc, "channels": report.channels}
+
+
+def layer_group_names(params: Params) -> list[str]:
+    """The layer groups an allocation gives a ratio each (from the architecture alone: no weights needed)."""
+    from pruning import allocation
+    spec = load_bundle(params).spec
+    model = pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size)
+    return list(allocation.layer_groups(model, spec.num_classes, max_groups=params.tune.layer_groups))
+
+
+def reachable_speedup(params: Params, protect: float) -> float:
+    """The largest MACs speedup any allocation reaches when every group keeps ``protect`` of its channels."""
+    from pruning import allocation
+    spec = load_bundle(params).spec
+    model = pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size)
+    return allocation.reachable_speedup(model, spec.example_inputs(), protect, spec.num_classes)
 
 
 def finetune_stage(params: Params, source: Path, out: Path, epochs: Optional[int] = None,

@@ -20,6 +20,8 @@ from typing import Iterable, Optional
 KIND_BENCHMARK = "benchmark"
 KIND_TRIAL = "trial"
 KIND_PRETRAIN = "pretrain"
+KIND_STUDY = "study"
+KIND_TUNE_TRIAL = "tune-trial"
 
 # Keep third-party MLflow integrations (ultralytics reads these) from starting, naming or keeping runs of their own.
 _THIRD_PARTY_ENV = {"MLFLOW_KEEP_RUN_ACTIVE": "false"}
@@ -99,15 +101,15 @@ class Tracker:
     def _search(self, experiment_id: str, flt: str) -> list:
         return list(self.client.search_runs([experiment_id], filter_string=flt, max_results=1000))
 
-    def parent_run(self, experiment_id: str, sweep_key: str, name: str, params: dict, tags: dict) -> str:
-        """The parent run of this sweep: reused when the same sweep ran before (resume), else created."""
-        found = self._search(experiment_id, f"tags.sweep_key = '{sweep_key}' and tags.kind = '{KIND_BENCHMARK}'")
+    def parent_run(self, experiment_id: str, sweep_key: str, name: str, params: dict, tags: dict,
+                   kind: str = KIND_BENCHMARK) -> str:
+        """The parent run of this sweep (or study): reused when it ran before (resume), else created."""
+        found = self._search(experiment_id, f"tags.sweep_key = '{sweep_key}' and tags.kind = '{kind}'")
         if found:
             run_id = found[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
         else:
-            run = self.client.create_run(experiment_id, run_name=name,
-                                         tags={"kind": KIND_BENCHMARK, "sweep_key": sweep_key})
+            run = self.client.create_run(experiment_id, run_name=name, tags={"kind": kind, "sweep_key": sweep_key})
             run_id = run.info.run_id
             self.log_params(run_id, params)
         self.set_tags(run_id, tags)
@@ -130,8 +132,8 @@ class Tracker:
         return n
 
     def start_child(self, experiment_id: str, parent_id: Optional[str], name: str, trial_key: str,
-                    params: dict, tags: dict) -> str:
-        all_tags = {"kind": KIND_TRIAL, "trial_key": trial_key, **tags}
+                    params: dict, tags: dict, kind: str = KIND_TRIAL) -> str:
+        all_tags = {"kind": kind, "trial_key": trial_key, **tags}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(experiment_id, run_name=name, tags={k: _str(v) for k, v in all_tags.items()})

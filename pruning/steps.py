@@ -27,7 +27,7 @@ DEFAULT_PROTECT = 0.1  # PruningBench's base setting: every group keeps >= 10% o
 class PruneReport:
     method: str
     scope: str
-    speedup_target: float
+    speedup_target: Optional[float]  # None: all steps run to the given ratios
     speedup: float
     target_reached: bool
     macs_dense: int
@@ -85,11 +85,15 @@ def group(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None) -
 
 # --------------------------------------------------------------------------- prune
 def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.importance.Importance],
-          speedup: float, scope: str = "protected", data: Optional[Iterable] = None, *,
+          speedup: Optional[float], scope: str = "protected", data: Optional[Iterable] = None, *,
           protect: float = DEFAULT_PROTECT, steps: int = 100, calibration_batches: int = 4,
           num_classes: Optional[int] = None, ignored_layers=None, pruning_ratio_dict=None,
           round_to: Optional[int] = None, **pruner_options) -> tuple[nn.Module, PruneReport]:
     """Prune ``model`` in place, in up to ``steps`` iterative steps, until dense MACs / pruned MACs >= ``speedup``.
+
+    ``speedup=None`` runs all ``steps`` steps instead: each group then ends at its ``pruning_ratio_dict`` ratio
+    (an absolute allocation, see :mod:`pruning.allocation`); with a target, the ratios only shape the allocation,
+    which the steps scale up until the target is met.
 
     ``method`` is a registry name (a ``+sparsifier`` suffix is accepted and ignored here: sparse training is the
     separate :func:`sparsify` step) or any Torch-Pruning importance.  ``data`` yields (inputs, labels) batches;
@@ -108,6 +112,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
                                                    if k in pruner_options})
     pruner_options = {**family.options, **pruner_options}
     pruning_ratio_dict = {**pruner_options.pop("pruning_ratio_dict", {}), **(pruning_ratio_dict or {})} or None
+    _check_own_modules(model, pruning_ratio_dict)
     dense_widths = layer_widths(model)
     macs_dense, params_dense = count_macs_params(model, example_inputs)
     start = time.perf_counter()
@@ -125,7 +130,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
         samples = importance.calibrate(model, list(islice(iter(data), calibration_batches)), pruner)
     seconds_calibrate = time.perf_counter() - start
     achieved, macs = 1.0, macs_dense
-    while achieved < speedup and pruner.current_step < steps:
+    goal = math.inf if speedup is None else speedup
+    while achieved < goal and pruner.current_step < steps:
         _protected_step(pruner, protect)
         if family.after_step:
             family.after_step(pruner)
@@ -137,14 +143,15 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
     model.zero_grad(set_to_none=True)  # calibration statistics lived in .grad
     _, params = count_macs_params(model, example_inputs)
     notes = []
-    if achieved < speedup:
+    if speedup is not None and achieved < speedup:
         notes.append(f"speedup {speedup:g}x not reachable with scope {scope!r} (protect={protect:g}) in {steps} "
                      f"steps: stopped at {achieved:.3f}x")
         warnings.warn(notes[-1])
     history = list(getattr(model, "prunebench_history", [])) + _plain_history(pruner.pruning_history())
     model.prunebench_history = history
     return model, PruneReport(
-        method=name, scope=scope, speedup_target=float(speedup), speedup=achieved, target_reached=achieved >= speedup,
+        method=name, scope=scope, speedup_target=None if speedup is None else float(speedup), speedup=achieved,
+        target_reached=speedup is None or achieved >= speedup,
         macs_dense=macs_dense, macs_pruned=macs, params_dense=params_dense, params_pruned=params, protect=protect,
         steps_taken=pruner.current_step, max_steps=steps, calibration_samples=samples,
         seconds_calibrate=seconds_calibrate, seconds_prune=seconds, warnings=notes,
@@ -193,7 +200,7 @@ def _importance(method, model, example_inputs, num_classes):
 def _validate(speedup, scope, protect, steps, name, needs_data, data):
     if scope not in SCOPES:
         raise unknown_choice("scope", scope, SCOPES)
-    if not speedup > 1:
+    if speedup is not None and not speedup > 1:
         raise PruneBenchError(f"speedup must be > 1 (dense MACs / pruned MACs), got {speedup}")
     if not 0 <= protect < 1:
         raise PruneBenchError(f"protect must be in [0, 1), got {protect}")
@@ -201,6 +208,15 @@ def _validate(speedup, scope, protect, steps, name, needs_data, data):
         raise PruneBenchError(f"steps must be >= 1, got {steps}")
     if needs_data and data is None:
         raise PruneBenchError(f"method {name!r} needs calibration data: pass data= (batches of inputs, labels)")
+
+
+def _check_own_modules(model: nn.Module, ratio_dict: Optional[dict]) -> None:
+    """A ratio keyed by another model's modules (say, the original of a deep copy) would silently do nothing."""
+    own = {id(m) for m in model.modules()}
+    for key in ratio_dict or {}:
+        if any(id(m) not in own for m in (key if isinstance(key, tuple) else (key,))):
+            raise PruneBenchError("pruning_ratio_dict names modules that are not part of the model being pruned "
+                                  "(build it from the same model object, e.g. after deepcopy)")
 
 
 def _plain_history(history) -> list:

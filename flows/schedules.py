@@ -1,0 +1,123 @@
+"""Scheduled runs: Prefect deployments of the benchmark and the tuning study, on params.yaml's crons.
+
+``prunebench serve`` registers the deployments with a running Prefect server (``prefect server start``; the
+temporary server other commands start runs no scheduler) and serves them: the server creates a flow run at each
+cron time and this process executes it in the project folder, reading params.yaml *at run time*, so an edited
+params.yaml is picked up by the next scheduled run without restarting ``serve``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from . import server as _server  # noqa: F401  (Prefect's quiet defaults before it is imported)
+from prefect import flow  # noqa: E402
+
+from pruning.errors import PruneBenchError  # noqa: E402
+
+from .config import Params, load_params  # noqa: E402
+from .pipeline import FLOW  # noqa: E402
+
+DEPLOYMENT = "scheduled"
+
+
+@flow(name="prunebench-benchmark", **FLOW)
+def scheduled_benchmark(project_dir: str, params_file: str = "params.yaml", profile: Optional[str] = None,
+                        overrides: Optional[dict] = None) -> dict:
+    """params.yaml's benchmark, then the leaderboard, in ``project_dir`` (what `prunebench benchmark` runs)."""
+    from . import pipeline
+    params = _load(project_dir, params_file, profile, overrides)
+    summary = pipeline.run_benchmark(params)
+    pipeline.leaderboard_flow()
+    failed = sum(t.get("status") != "ok" for t in summary["trials"])
+    return {"trials": len(summary["trials"]), "failed": failed, "parent_run_id": summary["parent_run_id"]}
+
+
+@flow(name="prunebench-tune", **FLOW)
+def scheduled_tune(project_dir: str, params_file: str = "params.yaml", profile: Optional[str] = None,
+                   overrides: Optional[dict] = None) -> list:
+    """A study per ``tune.methods`` (resumed and topped up to ``tune.trials``), then the leaderboard."""
+    from . import pipeline, tune
+    params = _load(project_dir, params_file, profile, overrides)
+    target = None if params.tune.multi_objective else params.tune.speedup
+    summaries = tune.tune_flow(params.model_dump(), params.tune.methods, target, params.tune.trials)
+    if not params.tune.multi_objective and Path(pipeline.RESULTS_PATH).is_file():
+        pipeline.leaderboard_flow()
+    return [{k: s.get(k) for k in ("study", "method", "trials", "acc_tuned", "acc_untuned")} for s in summaries]
+
+
+def _load(project_dir: str, params_file: str, profile: Optional[str], overrides: Optional[dict]) -> Params:
+    os.chdir(project_dir)  # each scheduled run is its own process: relative paths resolve in the project
+    return load_params(params_file, profile, overrides)
+
+
+FLOWS = {"benchmark": scheduled_benchmark, "tune": scheduled_tune}
+
+
+def deployments(params: Params, params_file: Path) -> list:
+    """The enabled schedules of params.yaml as Prefect ``RunnerDeployment`` objects (not yet registered)."""
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+    project = str(Path(params_file).resolve().parent)
+    out = []
+    for name, fn in FLOWS.items():
+        sched = getattr(params.schedules, name)
+        if sched is None or not sched.enabled:
+            continue
+        if sched.profile and sched.profile not in (params.profiles or {}):
+            raise PruneBenchError(f"schedules.{name}.profile {sched.profile!r} is not a profile in {params_file}")
+        out.append(fn.to_deployment(
+            DEPLOYMENT, schedules=[Cron(sched.cron, timezone=params.schedules.timezone)],
+            parameters={"project_dir": project, "params_file": Path(params_file).name, "profile": sched.profile},
+            tags=["prunebench", name], description=fn.__doc__.strip().splitlines()[0],
+            entrypoint_type=EntrypointType.MODULE_PATH))
+    if not out:
+        raise PruneBenchError(f"no schedule enabled in {params_file} (schedules.benchmark / schedules.tune)")
+    return out
+
+
+def next_runs(cron: str, tz: str, n: int = 2) -> list[str]:
+    from zoneinfo import ZoneInfo
+
+    from cronsim import CronSim
+    it = CronSim(cron, datetime.now(timezone.utc).astimezone(ZoneInfo(tz)))
+    return [next(it).strftime("%Y-%m-%d %H:%M %Z") for _ in range(n)]
+
+
+def show(deps: list, params: Params) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table("deployment", "cron", "timezone", "next runs", "params", title="prunebench scheduled deployments")
+    for d in deps:
+        kind = "benchmark" if d.flow_name == scheduled_benchmark.name else "tune"
+        sched = getattr(params.schedules, kind)
+        table.add_row(f"{d.flow_name}/{d.name}", sched.cron, params.schedules.timezone,
+                      "\n".join(next_runs(sched.cron, params.schedules.timezone)),
+                      f"{d.parameters['params_file']}" + (f" --profile {sched.profile}" if sched.profile else ""))
+    Console(stderr=True, width=None if sys.stderr.isatty() else 160).print(table)
+
+
+def check_server() -> str:
+    """The configured Prefect server's URL, after checking it answers; a clear error otherwise."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise PruneBenchError("no Prefect server to register the schedules with: start one with "
+                              "`prefect server start`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api` "
+                              "(the temporary server other commands start runs no scheduler)")
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=10).raise_for_status()
+    except httpx.HTTPError as e:
+        raise PruneBenchError(f"the Prefect server at {url} does not answer ({e}); is `prefect server start` "
+                              f"running?")
+    return url
+
+
+def serve(deps: list) -> None:
+    """Register the deployments and execute their scheduled runs until interrupted (Ctrl+C)."""
+    from prefect import serve as prefect_serve
+    prefect_serve(*deps, print_starting_message=True)

@@ -1,0 +1,248 @@
+"""Tuning (Optuna studies over allocations) and schedules (Prefect deployments), end to end with real tools.
+
+A real SQLite Optuna storage and MLflow store, Prefect's temporary server for `prunebench tune`, and a real
+`prefect server start` on 127.0.0.1 for `prunebench serve`.  Tiny settings keep each to a minute or two.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+
+import pytest
+import yaml
+from helpers import BIN, make_project, runs
+
+from flows.config import load_params
+from pruning.errors import PruneBenchError
+
+TINY = {"pretrain": {"epochs": 1}, "finetune": {"epochs": 1}, "prune": {"steps": 20, "calibration_batches": 1},
+        "evaluate": {"latency_repeats": 3}, "benchmark": {"methods": ["l2"], "speedups": [2]},
+        "tune": {"trials": 4, "epochs": 1, "steps": [20], "layer_groups": 3}}
+
+
+@pytest.mark.parametrize("tune, needle", [
+    ({"ratio_range": [0.8, 0.2]}, "empty or inverted"),
+    ({"ratio_range": [0.5, 0.5]}, "empty or inverted"),
+    ({"protect_range": [0.0, 0.2]}, "every group keeps a channel"),
+    ({"ratio_range": [0.2]}, "takes [low, high]"),
+    ({"trials": 0}, "tune.trials"),
+    ({"steps": [0, 10]}, "iterative-steps"),
+    ({"speedup": 1.0}, "speedup must be > 1"),
+    ({"sampler": "grid"}, "unknown sampler"),
+])
+def test_bad_search_spaces_are_refused_when_params_load(tmp_path, tune, needle):
+    with pytest.raises(PruneBenchError, match="tune") as e:
+        load_params(tmp_path / "none.yaml", overrides={"tune": tune})
+    assert needle in str(e.value)
+
+
+def test_bad_schedules_are_refused_when_params_load(tmp_path):
+    with pytest.raises(PruneBenchError) as e:
+        load_params(tmp_path / "none.yaml", overrides={"schedules": {"timezone": "Mars/Olympus",
+                                                                     "benchmark": {"cron": "nightly"}}})
+    assert "Mars/Olympus" in str(e.value) and "'nightly' is not a cron expression" in str(e.value)
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("optuna.db", "expected sqlite:///"),
+    ("journal:/no/such/folder/study.log", "does not exist"),
+    ("sqlite:////no/such/folder/optuna.db", "cannot open"),
+])
+def test_a_storage_that_cannot_be_opened_is_named(url, needle):
+    from flows.tune import open_storage
+    with pytest.raises(PruneBenchError, match="cannot open the Optuna storage") as e:
+        open_storage(url)
+    assert needle in str(e.value)
+
+
+def test_tuned_trials_join_the_leaderboard_beside_the_untuned_ones_unranked():
+    from flows import leaderboard as lb
+
+    def trial(method, scope, acc):
+        return {"method": method, "scope": scope, "speedup_target": 4.0, "status": "ok", "speedup": 4.05,
+                "acc_dense": 95.0, "acc_pruned": 20.0, "acc_finetuned": acc, "params_dense": 100,
+                "params_pruned": 30, "macs_dense": 100, "macs_pruned": 25, "seconds_prune": 1.0,
+                "seconds_sparsify": 0.0, "seconds_finetune": 2.0, "seconds_total": 3.0, "latency_speedup": 1.2}
+    summary = {"model": "resnet20", "dataset": "digits", "acc_dense": 95.0, "scopes": ["protected"],
+               "speedups": [4.0], "trials": [trial("l2", "protected", 80.0), trial("taylor", "protected", 82.0)]}
+    tuned = {"a": {**trial("l2", "tuned", 90.0), "model": "resnet20", "dataset": "digits"},
+             "b": {**trial("l2", "tuned", 99.0), "model": "vgg19", "dataset": "digits"}}  # another model: left out
+    rows = lb.build(lb.with_tuned(summary, tuned))
+    assert [(r["method"], r["scope"], r["rank"]) for r in rows] == [
+        ("taylor", "protected", 1), ("l2", "protected", 2), ("l2", "tuned", "-")]
+    assert rows[2]["by_speedup"][4.0]["acc_finetuned"] == 90.0
+
+
+def _study_trials(db):
+    with sqlite3.connect(db) as con:
+        return con.execute("select trial_id, number, state, datetime_complete from trials order by number").fetchall()
+
+
+@pytest.mark.slow
+def test_tune_runs_resumes_after_a_kill_and_tracks_one_parent(tmp_path):
+    proj, env = make_project(tmp_path, TINY)
+    cmd = [str(BIN / "prunebench"), "tune", "--method", "l2", "--speedup", "2", "--trials", "4"]
+    proc = subprocess.Popen(cmd, cwd=proj, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    db = proj / "optuna.db"
+    deadline, killed = time.time() + 600, False
+    while time.time() < deadline and proc.poll() is None:
+        rows = _study_trials(db) if db.is_file() else []
+        if any(r[2] == "COMPLETE" for r in rows) and rows[-1][2] == "RUNNING":
+            time.sleep(0.5)  # inside the running trial
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.2)
+    proc.wait()
+    assert killed, proc.stderr.read().decode()[-3000:]
+    before = {r[1]: r for r in _study_trials(db)}
+    interrupted = [n for n, r in before.items() if r[2] == "RUNNING"]
+    assert len(interrupted) == 1
+
+    done = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 interrupted trial(s) queued again" in done.stderr
+    after = {r[1]: r for r in _study_trials(db)}
+    for n, row in before.items():  # finished trials were kept, not rerun
+        if row[2] == "COMPLETE":
+            assert after[n] == row
+    assert after[interrupted[0]][2] == "FAIL"
+    finished = [r for r in after.values() if r[2] in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 4
+    import optuna
+    summaries = list((proj / "reports/tune").glob("*/summary.json"))
+    assert len(summaries) == 1
+    summary = json.loads(summaries[0].read_text())
+    study = optuna.load_study(study_name=summary["study"], storage=f"sqlite:///{db}")
+    killed_trial = study.trials[interrupted[0]]
+    requeued = [t for t in study.trials if t.number > interrupted[0] and t.user_attrs.get("requeued")]
+    assert requeued and requeued[0].params == killed_trial.params  # the interrupted allocation ran again
+    for t in study.trials:
+        if t.state.name == "COMPLETE":
+            assert t.user_attrs["speedup"] >= 2.0  # the target holds for every trial
+
+    tuned = summary["tuned"]
+    assert tuned["speedup"] >= 2.0 and 0 <= tuned["acc_finetuned"] <= 100
+    assert summary["untuned"]["status"] == "ok" and summary["untuned"]["scope"] == "protected"
+    assert set(tuned["allocation"]) == set(summary["groups"]) == {"layers.0", "layers.1", "layers.2"}
+    entry = json.loads((proj / "reports/tuned.json").read_text())
+    assert [e["study"] for e in entry.values()] == [summary["study"]]
+
+    c, all_runs = runs(proj)
+    parents = [r for r in all_runs if r.data.tags.get("kind") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # one parent across both invocations
+    parent = parents[0].info.run_id
+    trials = [r for r in all_runs if r.data.tags.get("kind") == "tune-trial"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent}
+    by_state = sorted(r.info.status for r in trials)
+    assert by_state.count("KILLED") == 1 and by_state.count("FINISHED") == 4, by_state
+    finished_runs = [r for r in trials if r.info.status == "FINISHED"]
+    for r in finished_runs:
+        assert {"protect", "iterative_steps", "ratio.layers.0", "ratio.layers.2", "method"} <= set(r.data.params)
+        assert {"val_acc", "macs_pruned", "speedup", "kept.layers.1"} <= set(r.data.metrics)
+    steps = [m.step for m in c.get_metric_history(finished_runs[0].info.run_id, "val_acc")]
+    assert steps[0] == 0  # accuracy after pruning, then per finetune epoch (unless pruned at step 0)
+    final = [r for r in all_runs if r.data.tags.get("tuned") == "true"]
+    assert len(final) == 1 and final[0].data.tags["mlflow.parentRunId"] == parent
+    arts = {a.path for a in c.list_artifacts(parent, "study")}
+    assert {"study/history.png", "study/summary.json"} <= arts
+    assert "acc_tuned" in parents[0].data.metrics and "acc_untuned" in parents[0].data.metrics
+
+    # rerunning the finished study trains nothing new and creates no run
+    again = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "running 0 more" in again.stderr
+    assert len(runs(proj)[1]) == len(all_runs)
+
+
+@pytest.mark.slow
+def test_tune_refuses_an_unreachable_target_before_any_study(tmp_path):
+    proj, env = make_project(tmp_path, TINY)
+    done = subprocess.run([str(BIN / "prunebench"), "tune", "--method", "l2", "--speedup", "10000"], cwd=proj,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "unreachable" in done.stderr and "Traceback" not in done.stderr
+    assert not (proj / "optuna.db").exists() and not (proj / "mlflow.db").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(check, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_serve_registers_scheduled_deployments_and_runs_a_triggered_one(tmp_path):
+    import httpx
+    proj, env = make_project(tmp_path, TINY)
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["schedules"] = {"timezone": "Europe/Berlin", "benchmark": {"cron": "15 1 * * *"},
+                           "tune": {"cron": "30 4 * * 0", "profile": "quick"}}
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**env, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
+           "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    serve = None
+    try:
+        def healthy():
+            try:
+                return httpx.get(f"{api}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+        _wait(healthy, 180, "prefect server start")
+        serve = subprocess.Popen([str(BIN / "prunebench"), "serve"], cwd=proj, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+
+        def deployments():
+            found = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
+            return found if len(found) == 2 else None
+        found = _wait(deployments, 180, "two deployments")
+        by_tag = {("benchmark" if "benchmark" in d["tags"] else "tune"): d for d in found}
+        for kind, cron in (("benchmark", "15 1 * * *"), ("tune", "30 4 * * 0")):
+            sched = by_tag[kind]["schedules"]
+            assert len(sched) == 1 and sched[0]["active"]
+            assert sched[0]["schedule"]["cron"] == cron and sched[0]["schedule"]["timezone"] == "Europe/Berlin"
+        assert by_tag["tune"]["parameters"]["profile"] == "quick"
+        assert by_tag["benchmark"]["parameters"]["project_dir"] == str(proj.resolve())
+
+        run = httpx.post(f"{api}/deployments/{by_tag['benchmark']['id']}/create_flow_run",
+                         json={"parameters": {"overrides": {"benchmark": {"methods": ["l1"]}}}}, timeout=10).json()
+
+        def finished():
+            state = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()["state"]["type"]
+            return state if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+        state = _wait(finished, 420, "the triggered benchmark run")
+        assert state == "COMPLETED"
+        assert (proj / "reports/leaderboard.md").is_file()
+        summary = json.loads((proj / "reports/benchmark.json").read_text())
+        assert [t["method"] for t in summary["trials"]] == ["l1"] and summary["trials"][0]["status"] == "ok"
+    finally:
+        for proc in (serve, server):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+    if serve is not None and serve.stdout is not None:
+        shown = serve.stdout.read().decode(errors="replace")
+        assert "prunebench-benchmark/scheduled" in shown and "15 1 * * *" in shown
