@@ -323,10 +323,10 @@ def tune(
     from . import pipeline
     from . import tune as tuning
     from .tracking import tracking_uri
-    run_guarded(tuning.check, params, None if params.tune.multi_objective else params.tune.speedup)
     target = None if params.tune.multi_objective else params.tune.speedup
+    groups = run_guarded(tuning.check, params, target)  # before anything starts: nothing written on bad input
     summaries = run_flow(tuning.tune_flow, tracking_uri(params.tracking.mlflow_uri), params.model_dump(), methods,
-                         target, params.tune.trials, study_name, final)
+                         target, params.tune.trials, study_name, final, groups)
     show_studies(summaries)
     if final and not params.tune.multi_objective:
         if pipeline.RESULTS_PATH.is_file():

@@ -167,7 +167,6 @@ def load_study(s: Study):
 
 def recover_interrupted(study, s: Study, tracker) -> int:
     """Trials left RUNNING by a killed process on this machine: mark them failed, queue their allocation again."""
-    import optuna
     from optuna.trial import TrialState
     host = socket.gethostname()
     n = 0
@@ -185,20 +184,16 @@ def recover_interrupted(study, s: Study, tracker) -> int:
             if run.info.status == "RUNNING":
                 tracker.finish(run.info.run_id, "KILLED")
         n += 1
-    if n:
-        optuna.logging.get_logger("optuna").debug("recovered %d interrupted trial(s)", n)
     return n
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: existence check only
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # exists, owned by another user
+        pass
     return True
 
 
@@ -339,7 +334,7 @@ def allocation_of(trial, s: Study) -> tuple[dict, float, int]:
 
 
 @task(name="tuned-final", task_run_name="final[{s.method}]", **TASK)
-def final_task(s: Study, number: int, allocation: dict, protect: float, steps: int, epochs: int) -> dict:
+def final_task(s: Study, allocation: dict, protect: float, steps: int, epochs: int) -> dict:
     """The best allocation with the full finetune, evaluated on the test split like a benchmark trial."""
     p = with_prune(s.params, protect, steps)
     work = s.work / "final"
@@ -412,13 +407,17 @@ def record_tuned(entry: dict, path: Path = TUNED_PATH) -> None:
 # --------------------------------------------------------------------------- the flow
 @flow(name="tune", **FLOW)
 def tune_flow(params: dict, methods: list, speedup: Optional[float] = None, trials: Optional[int] = None,
-              name: Optional[str] = None, final: bool = True) -> list[dict]:
-    """A study per method; ``speedup`` None with ``tune.multi_objective`` gives Pareto fronts."""
+              name: Optional[str] = None, final: bool = True, groups: Optional[list] = None) -> list[dict]:
+    """A study per method; ``speedup`` None with ``tune.multi_objective`` gives Pareto fronts.
+
+    ``groups`` is what :func:`check` returned when the caller already checked these params (the CLI does, before
+    anything starts); a scheduled run checks here.
+    """
     from .tracking import KIND_STUDY, experiment_name, git_rev
     p = Params.model_validate(params)
     multi = p.tune.multi_objective
     target = None if multi else float(speedup or p.tune.speedup)
-    groups = check(p, target)
+    groups = groups or check(p, target)
     dense = pipeline.baseline(p)
     tracker = pipeline._tracker(pipeline._uri(p))
     data = pipeline.data_version(p)
@@ -512,7 +511,7 @@ def compare_with_untuned(s: Study, tracker, best, dense: Path, dense_hash: str, 
                                                     **{f"{PARAM_RATIO}{g}": r for g, r in allocation.items()}},
                                  {**s.tags, "sweep_key": s.key, "tuned": "true"})
     try:
-        final = final_task(s, best.number, allocation, protect, steps, epochs)
+        final = final_task(s, allocation, protect, steps, epochs)
     except Exception as e:
         tracker.fail(run_id, f"{type(e).__name__}: {e}")
         raise
