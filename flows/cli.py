@@ -297,6 +297,8 @@ def tune(
     methods: Optional[List[str]] = typer.Option(None, "--method", "--methods",
                                                 help="method(s) to tune (repeat or comma-separate; default tune.methods)"),
     speedup: Optional[float] = typer.Option(None, "--speedup", help="MACs target every trial meets (> 1)"),
+    model: Optional[str] = typer.Option(None, "--model", help="resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name>"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="digits | cifar10 | cifar100 | imagefolder:<path>"),
     trials: Optional[int] = typer.Option(None, "--trials", help="finished trials the study reaches (resumes)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="short finetune epochs per trial"),
     multi_objective: Optional[bool] = typer.Option(None, "--multi-objective/--single-objective",
@@ -316,7 +318,8 @@ def tune(
                                    "multi_objective": multi_objective, "timeout": timeout}.items() if v is not None}
     if methods:
         tune_over["methods"] = _split_list(methods)
-    params = load(params_file, profile, {"tune": tune_over})
+    params = load(params_file, profile, {"tune": tune_over, "model": {"name": model} if model else {},
+                                         "data": {"dataset": dataset} if dataset else {}})
     methods = params.tune.methods
     if study_name and len(methods) > 1:
         fail("--study-name names one study: give a single --method")
