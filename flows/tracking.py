@@ -131,6 +131,13 @@ class Tracker:
                 n += 1
         return n
 
+    def delete_runs(self, experiment_id: str, flt: str) -> int:
+        """Delete the runs matching a filter (e.g. a superseded result), returning how many."""
+        found = self._search(experiment_id, flt)
+        for run in found:
+            self.client.delete_run(run.info.run_id)
+        return len(found)
+
     def start_child(self, experiment_id: str, parent_id: Optional[str], name: str, trial_key: str,
                     params: dict, tags: dict, kind: str = KIND_TRIAL) -> str:
         all_tags = {"kind": kind, "trial_key": trial_key, **tags}

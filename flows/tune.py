@@ -501,8 +501,8 @@ def compare_with_untuned(s: Study, tracker, best, dense: Path, dense_hash: str, 
         entry = pipeline._read_json(done)
         record_tuned(entry)
         return _comparison(entry, plain)
-    for run in tracker.runs(s.experiment_id, f"tags.sweep_key = '{s.key}' and tags.tuned = 'true'"):
-        tracker.client.delete_run(run.info.run_id)  # an earlier best, or an interrupted final finetune
+    # an earlier best, or an interrupted final finetune
+    tracker.delete_runs(s.experiment_id, f"tags.sweep_key = '{s.key}' and tags.tuned = 'true'")
     run_id = tracker.start_child(s.experiment_id, s.parent_run_id, f"{s.method}@{s.speedup:g}x tuned",
                                  final_key, {"method": s.method, "speedup_target": s.speedup,
                                                     "scope": "tuned", "protect": protect,
