@@ -153,19 +153,23 @@ def prune_stage(params: Params, method: str, speedup: Optional[float], scope: st
     return {**summary, "acc_pruned": acc, "channels": report.channels}
 
 
-def layer_group_names(params: Params) -> list[str]:
-    """The layer groups an allocation gives a ratio each (from the architecture alone: no weights needed)."""
-    from pruning import allocation
+def untrained_model(params: Params):
+    """A fresh model of ``params.model.name`` for the dataset, with its spec: architecture checks need no weights."""
     spec = load_bundle(params).spec
-    model = pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size)
+    return pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size), spec
+
+
+def layer_group_names(params: Params) -> list[str]:
+    """The layer groups an allocation gives a ratio each (from the architecture alone)."""
+    from pruning import allocation
+    model, spec = untrained_model(params)
     return list(allocation.layer_groups(model, spec.num_classes, max_groups=params.tune.layer_groups))
 
 
 def reachable_speedup(params: Params, protect: float) -> float:
     """The largest MACs speedup any allocation reaches when every group keeps ``protect`` of its channels."""
     from pruning import allocation
-    spec = load_bundle(params).spec
-    model = pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size)
+    model, spec = untrained_model(params)
     return allocation.reachable_speedup(model, spec.example_inputs(), protect, spec.num_classes)
 
 
@@ -240,9 +244,7 @@ def preflight(params: Params) -> None:
     if is_yolo(params.model.name):
         raise pruning.PruneBenchError(f"{params.model.name} is a detection model: use a detection dataset "
                                       f"(shapes or an ultralytics dataset .yaml)")
-    bundle = load_bundle(params)
-    spec = bundle.spec
-    model = pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size)
+    model, spec = untrained_model(params)
     check_input_size(model, spec.example_inputs(), params.model.name)
     check_prunable(model, spec.example_inputs(), spec.num_classes, params.model.name)
 

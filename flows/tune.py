@@ -126,7 +126,7 @@ def study_name(p: Params, method: str, speedup: Optional[float], key: str) -> st
     return f"{p.model.name.replace('/', '-')}-{stages.dataset_slug(p.data.dataset)}-{method}-{target}-{key[:8]}"
 
 
-def _sampler(p: Params, multi: bool):
+def _sampler(p: Params):
     import optuna
     kind = p.tune.sampler
     if kind == "random":
@@ -153,7 +153,7 @@ def load_study(s: Study):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize", "minimize"] if s.multi else ["maximize"]
     study = optuna.create_study(study_name=s.name, storage=open_storage(s.params.tune.storage), load_if_exists=True,
-                                directions=directions, sampler=_sampler(s.params, s.multi),
+                                directions=directions, sampler=_sampler(s.params),
                                 pruner=_pruner(s.params, s.multi))
     if study.directions != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else
                             optuna.study.StudyDirection.MINIMIZE for d in directions]:
@@ -349,8 +349,9 @@ def final_task(s: Study, allocation: dict, protect: float, steps: int, epochs: i
             "checkpoint": str(work / "finetuned.pt")}
 
 
-def untuned(s: Study, tracker, dense: Path, dense_hash: str, data: dict) -> dict:
-    """The benchmark's own trial at this speedup (scope from params.yaml), cached when the benchmark ran it."""
+def untuned(s: Study, tracker, dense: Path, dense_hash: str, data: dict) -> tuple[dict, dict]:
+    """The benchmark's own trial at this speedup (scope from params.yaml), cached when the benchmark ran it,
+    and the dense model's evaluation."""
     p = s.params
     dense_eval = pipeline.evaluate_dense(p, dense, dense_hash, data, str(pipeline.TRIALS_DIR))
     ctx = pipeline.SweepContext(p, str(dense), dense_hash, dense_eval, data, s.experiment_id, s.parent_run_id,
@@ -387,7 +388,7 @@ def study_plots(study, s: Study, out: Path) -> list[Path]:
     return files
 
 
-def trial_rows(study, s: Study) -> list[dict]:
+def trial_rows(study) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append({"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
@@ -462,7 +463,7 @@ def run_study(s: Study, tracker, dense: Path, dense_hash: str, data: dict, trial
                "speedup_target": s.speedup, "objective": "multi" if s.multi else "single", "groups": s.groups,
                "model": s.params.model.name, "dataset": s.params.data.dataset, "trials": states,
                "seconds_this_run": seconds, "experiment_id": s.experiment_id, "parent_run_id": s.parent_run_id,
-               "tracking_uri": tracker.uri, "trial_rows": trial_rows(study, s)}
+               "tracking_uri": tracker.uri, "trial_rows": trial_rows(study)}
     if s.multi:
         summary["pareto"] = [{"number": t.number, "val_acc": t.values[0], "macs_pruned": t.values[1],
                               "params": t.params} for t in sorted(study.best_trials, key=lambda t: t.values[1])]
