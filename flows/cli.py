@@ -18,12 +18,15 @@ quiet_environment()
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Benchmark and apply structural pruning (PruningBench protocol on Torch-Pruning).")
 
-PARAMS = typer.Option(Path("params.yaml"), "--params", help="the params.yaml to read defaults from")
+PARAMS = typer.Option(None, "--params", show_default="params.yaml",
+                      help="the params.yaml to read defaults from (built-in defaults when ./params.yaml is absent)")
 PROFILE = typer.Option(None, "--profile", help="apply the overrides under profiles.<name> in params.yaml")
 
 
 def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    """One line on stderr and exit code 2: multi-line messages (a library's own) are folded into one."""
+    from pruning.errors import one_line
+    typer.echo(f"error: {one_line(message)}", err=True)
     raise typer.Exit(2)
 
 
@@ -42,9 +45,10 @@ def run_guarded(fn, *args, **kwargs):
         fail(str(e))
 
 
-def load(params: Path, profile: Optional[str], overrides: Optional[dict] = None):
+def load(params: Optional[Path], profile: Optional[str], overrides: Optional[dict] = None):
+    """params.yaml (or the file named by ``--params``, which must then exist), validated; bad input exits 2."""
     from .config import load_params
-    return run_guarded(load_params, params, profile, overrides)
+    return run_guarded(load_params, params or Path("params.yaml"), profile, overrides, required=params is not None)
 
 
 def epoch_printer(label: str, total: int):
@@ -82,7 +86,7 @@ def prune(
     finetune_epochs: Optional[int] = typer.Option(None, "--finetune-epochs", min=0, help="finetuning epochs after pruning"),
     out: Optional[Path] = typer.Option(None, "--out", help="where to write the pruned checkpoint"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    params_file: Path = PARAMS,
+    params_file: Optional[Path] = PARAMS,
     profile: Optional[str] = PROFILE,
 ):
     """Prune one model to a MACs speedup target and report accuracy, MACs, params and latency."""
@@ -230,7 +234,7 @@ def run_flow(fn, uri, *args, **kwargs):
 
 
 @app.command()
-def prepare(params_file: Path = PARAMS, profile: Optional[str] = PROFILE):
+def prepare(params_file: Optional[Path] = PARAMS, profile: Optional[str] = PROFILE):
     """Materialise the dataset into data/<name>/ (a DVC output)."""
     start_server()
     params = load(params_file, profile)
@@ -241,7 +245,7 @@ def prepare(params_file: Path = PARAMS, profile: Optional[str] = PROFILE):
 
 @app.command()
 def pretrain(out: Path = typer.Option(Path("models/dense.pt"), "--out", help="where to write the dense checkpoint"),
-             params_file: Path = PARAMS, profile: Optional[str] = PROFILE):
+             params_file: Optional[Path] = PARAMS, profile: Optional[str] = PROFILE):
     """Train the dense baseline into models/dense.pt (a DVC output); skipped when it is up to date."""
     start_server()
     params = load(params_file, profile)
@@ -259,7 +263,7 @@ def benchmark(
     dask: Optional[str] = typer.Option(None, "--dask", help="run trials on Dask: 'local' or a scheduler address"),
     write_leaderboard: bool = typer.Option(True, "--leaderboard/--no-leaderboard",
                                            help="also write reports/leaderboard.* (dvc.yaml runs it as its own stage)"),
-    params_file: Path = PARAMS,
+    params_file: Optional[Path] = PARAMS,
     profile: Optional[str] = PROFILE,
 ):
     """Run methods x speedups x scopes (params.yaml's benchmark section), each trial tracked in MLflow."""
@@ -309,7 +313,7 @@ def tune(
     timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after this many seconds"),
     final: bool = typer.Option(True, "--final/--no-final",
                                help="full finetune of the best allocation, compared with the untuned trial"),
-    params_file: Path = PARAMS,
+    params_file: Optional[Path] = PARAMS,
     profile: Optional[str] = PROFILE,
 ):
     """Tune the pruning-ratio allocation of each method with Optuna; the best one is compared with the untuned trial."""
@@ -373,12 +377,12 @@ def show_studies(summaries: list) -> None:
 @app.command()
 def serve(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the deployments and their next runs, then exit"),
-    params_file: Path = PARAMS,
+    params_file: Optional[Path] = PARAMS,
 ):
     """Serve the scheduled deployments of params.yaml's schedules section (needs `prefect server start`)."""
     params = load(params_file, None)
     from . import schedules
-    deployments = run_guarded(schedules.deployments, params, params_file)
+    deployments = run_guarded(schedules.deployments, params, params_file or Path("params.yaml"))
     schedules.show(deployments, params)
     if dry_run:
         return
@@ -396,18 +400,18 @@ def leaderboard(results: Path = typer.Option(Path("reports/benchmark.json"), "--
         fail(f"{results} does not exist; run `prunebench benchmark` first")
     from . import leaderboard as lb
     from . import pipeline
-    summary = json.loads(results.read_text())
+    summary = run_guarded(lb.load_summary, results)
     rows = run_flow(pipeline.leaderboard_flow, summary.get("tracking_uri"), str(results), str(out))
     lb.print_table(summary, rows)
 
 
 @app.command()
 def ui(port: int = typer.Option(5000, "--port", help="port on 127.0.0.1"),
-       params_file: Path = PARAMS):
+       params_file: Optional[Path] = PARAMS):
     """Serve the MLflow UI for this project's tracking store on 127.0.0.1."""
     from .tracking import tracking_uri
     configured = None
-    if params_file.is_file():
+    if params_file is not None or Path("params.yaml").is_file():
         configured = load(params_file, None).tracking.mlflow_uri
     uri = tracking_uri(configured)
     typer.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl+C stops it)", err=True)

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pruning.data import DATASETS
-from pruning.errors import PruneBenchError
+from pruning.errors import PruneBenchError, one_line
 from pruning.methods import resolve
 from pruning.models import list_models
 from pruning.steps import SCOPES
@@ -264,23 +264,16 @@ def _scope(v: str) -> str:
 
 
 def load_params(path: str | Path = "params.yaml", profile: Optional[str] = None,
-                overrides: Optional[dict] = None) -> Params:
-    """Read, merge (profile, then overrides: nested dicts), and validate; every problem is listed in one error."""
+                overrides: Optional[dict] = None, required: bool = False) -> Params:
+    """Read, merge (profile, then overrides: nested dicts), and validate; every problem is listed in one error.
+
+    A missing file means the built-in defaults, unless ``required`` (the user named the file explicitly).
+    """
     path = Path(path)
-    raw = {}
-    if path.is_file():
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise PruneBenchError(f"{path} is not valid YAML: {e}")
-        if not isinstance(raw, dict):
-            raise PruneBenchError(f"{path} must hold a mapping of stage sections")
+    raw = read_yaml(path) if path.exists() or required else {}
     profile = profile or raw.get("profile")
     if profile:
-        profiles = raw.get("profiles") or {}
-        if profile not in profiles:
-            raise PruneBenchError(f"unknown profile {profile!r}; {path} defines: {', '.join(profiles) or 'none'}")
-        raw = deep_merge(raw, profiles[profile])
+        raw = deep_merge(raw, _profile(raw, profile, path))
         raw["profile"] = profile
     raw = deep_merge(raw, overrides or {})
     try:
@@ -289,15 +282,58 @@ def load_params(path: str | Path = "params.yaml", profile: Optional[str] = None,
         raise PruneBenchError(format_errors(e, path))
 
 
+def read_yaml(path: Path) -> dict:
+    """params.yaml as a mapping; a missing, unreadable or malformed file is one line naming where it breaks."""
+    if not path.exists():
+        raise PruneBenchError(f"params file {path} does not exist")
+    if not path.is_file():
+        raise PruneBenchError(f"params file {path} is not a file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise PruneBenchError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})")
+    except OSError as e:
+        raise PruneBenchError(f"cannot read {path}: {e.strerror or type(e).__name__}")
+    except yaml.YAMLError as e:
+        raise PruneBenchError(f"{path} is not valid YAML: {_yaml_problem(e)}")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise PruneBenchError(f"{path} must hold a mapping of stage sections, not a {type(raw).__name__}")
+    return raw
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: the problem and where it is (1-based line and column)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or one_line(error)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
+def _profile(raw: dict, name: str, path: Path) -> dict:
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise PruneBenchError(f"{path}: profiles must be a mapping of profile names to overrides")
+    if name not in profiles:
+        raise PruneBenchError(f"unknown profile {name!r}; {path} defines: {', '.join(map(str, profiles)) or 'none'}")
+    if not isinstance(profiles[name], dict):
+        raise PruneBenchError(f"{path}: profiles.{name} must be a mapping of stage sections (like "
+                              f"{{pretrain: {{epochs: 2}}}}), not {profiles[name]!r}")
+    return profiles[name]
+
+
 def format_errors(error: ValidationError, path: Path) -> str:
-    lines = [f"{path}: {error.error_count()} problem(s):"]
+    """Every validation problem, on one line: ``params.yaml: 2 problems: a.b: ...; c: ...``."""
+    problems = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
-        lines.append(f"  - {where}: {message}")
-    return "\n".join(lines)
+        problems.append(f"{where}: {message}")
+    count = f"{len(problems)} problems: " if len(problems) > 1 else ""
+    return f"{path}: {count}{'; '.join(problems)}"
 
 
 def deep_merge(base: dict, update: dict) -> dict:

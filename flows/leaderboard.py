@@ -8,16 +8,39 @@ Rank consistency across speedups is Kendall's tau between the rankings at every 
 from __future__ import annotations
 
 import csv
+import io
 import itertools
-import json
 import math
 from pathlib import Path
 from typing import Optional
+
+from pruning import fileio
 
 LONG_COLUMNS = ["rank", "method", "criterion", "sparsifier", "scope", "speedup_target", "speedup", "status",
                 "acc_dense", "acc_pruned", "acc_finetuned", "delta_acc", "params_kept", "macs_kept",
                 "latency_speedup", "seconds_prune", "seconds_sparsify", "seconds_finetune", "seconds_total",
                 "error"]
+
+
+SUMMARY_KEYS = {"model": str, "dataset": str, "acc_dense": (int, float), "trials": list}
+
+
+def load_summary(path: Path) -> dict:
+    """A benchmark summary (``reports/benchmark.json``), checked for what the leaderboard reads."""
+    from pruning.errors import PruneBenchError
+    summary = fileio.read_json(path)
+    if not isinstance(summary, dict):
+        raise PruneBenchError(f"{path} is not a prunebench benchmark summary (a JSON object from "
+                              f"`prunebench benchmark`)")
+    wrong = [k for k, kind in SUMMARY_KEYS.items() if not isinstance(summary.get(k), kind)]
+    if wrong:
+        raise PruneBenchError(f"{path} is not a prunebench benchmark summary: missing or malformed "
+                              f"{', '.join(wrong)}; run `prunebench benchmark` to write one")
+    bad = [i for i, t in enumerate(summary["trials"]) if not isinstance(t, dict) or not {"method", "scope",
+           "speedup_target", "status"} <= set(t)]
+    if bad:
+        raise PruneBenchError(f"{path}: trial entries {bad[:5]} lack method, scope, speedup_target or status")
+    return summary
 
 
 TUNED = "tuned"  # the scope of tuned trials (prunebench tune): listed beside the untuned rows, not ranked
@@ -224,9 +247,7 @@ def _plots(summary: dict, rows: list[dict], out: Path) -> dict:
     axes[1].invert_yaxis()
     axes[0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    files["png"] = out / "leaderboard.png"
-    fig.savefig(files["png"], dpi=90)
-    plt.close(fig)
+    files["png"] = _save_png(fig, out / "leaderboard.png")
 
     tau = rank_consistency(summary)
     speedups = sorted({float(t["speedup_target"]) for t in summary["trials"]})
@@ -251,38 +272,48 @@ def _plots(summary: dict, rows: list[dict], out: Path) -> dict:
     ax.set_title("rank consistency (Kendall tau)" + ("" if n > 1 else "\nneeds two or more speedups"))
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    files["rank_png"] = out / "rank_consistency.png"
-    fig.savefig(files["rank_png"], dpi=90)
-    plt.close(fig)
+    files["rank_png"] = _save_png(fig, out / "rank_consistency.png")
     return files
+
+
+def _save_png(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
+
+
+def _csv_text(header: list, rows: list) -> str:
+    text = io.StringIO()
+    w = csv.writer(text)
+    w.writerow(header)
+    w.writerows(rows)
+    return text.getvalue()
 
 
 def write_reports(summary: dict, out: Path = Path("reports")) -> dict:
     """leaderboard.csv (one row per trial), leaderboard.md, leaderboard.png, rank_consistency.png,
     metrics.json (DVC metrics) and plots/<method>.csv (DVC plots: accuracy vs speedup per method)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = fileio.ensure_dir(out)
     rows = build(summary)
     files = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md", "metrics": out / "metrics.json"}
     long = sorted(long_rows(summary), key=lambda r: (r["speedup_target"], r["scope"], r.get("rank", 1e9)))
-    with open(files["csv"], "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LONG_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(long)
-    files["md"].write_text(markdown(summary, rows))
-    files["metrics"].write_text(json.dumps(metrics_json(summary, rows), indent=2) + "\n")
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
-    for old in plots.glob("*.csv"):
-        old.unlink()
+    fileio.write_text(files["csv"], _csv_text(LONG_COLUMNS, [[r.get(c, "") for c in LONG_COLUMNS] for r in long]))
+    fileio.write_text(files["md"], markdown(summary, rows))
+    fileio.write_json(files["metrics"], metrics_json(summary, rows), indent=2)
+    plots = fileio.ensure_dir(out / "plots")
+    written = set()
     for r in rows:
         name = r["method"] if len(summary.get("scopes", [])) <= 1 else f"{r['method']}@{r['scope']}"
-        with open(plots / f"{name}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["speedup_target", "speedup", "acc_finetuned", "acc_pruned"])
-            for s, c in sorted(r["by_speedup"].items()):
-                if c["status"] == "ok":
-                    w.writerow([s, round(c["speedup"], 4), round(c["acc_finetuned"], 4), round(c["acc_pruned"], 4)])
+        points = [[s, round(c["speedup"], 4), round(c["acc_finetuned"], 4), round(c["acc_pruned"], 4)]
+                  for s, c in sorted(r["by_speedup"].items()) if c["status"] == "ok"]
+        fileio.write_text(plots / f"{name}.csv",
+                          _csv_text(["speedup_target", "speedup", "acc_finetuned", "acc_pruned"], points))
+        written.add(f"{name}.csv")
+    for old in plots.glob("*.csv"):  # methods no longer in the benchmark
+        if old.name not in written:
+            fileio.remove(old)
     files.update(_plots(summary, rows, out))
     return {k: str(v) for k, v in files.items()}
 

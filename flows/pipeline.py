@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,8 +28,23 @@ from . import server as _server  # noqa: E402,F401  (sets Prefect's quiet defaul
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
+from pruning import fileio  # noqa: E402
+from pruning.errors import PruneBenchError  # noqa: E402
+
 from . import stages  # noqa: E402
 from .config import Params  # noqa: E402
+
+class _UserErrorsStayOneLine(logging.Filter):
+    """Drop Prefect's ERROR records (with their tracebacks) for a PruneBenchError: bad input raised inside a flow
+    reaches the CLI, which prints it as one line; Prefect still records the failed state on the server."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, PruneBenchError) or "PruneBenchError" in record.getMessage())
+
+
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_name).addFilter(_UserErrorsStayOneLine())
 
 TRIALS_DIR = Path("models/trials")
 DENSE_PATH = Path("models/dense.pt")
@@ -128,14 +143,11 @@ def make_key(*parts) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    fileio.write_json(path, data)
 
 
 def _read_json(path: Path):
-    return json.loads(Path(path).read_text())
+    return fileio.read_json(path)
 
 
 def _once(work: str, step: str, compute) -> dict:
@@ -245,7 +257,7 @@ def finetune_task(params: Params, name: str, source: str, work: str) -> dict:
         if epochs > 0:
             result = stages.finetune_stage(params, Path(source), out, epochs, _on_epoch(f"finetune {name}", epochs))
         else:
-            out.write_bytes(Path(source).read_bytes())
+            fileio.copy_file(source, out)
             result = {"seconds_finetune": 0.0, "finetune_history": []}
         return {**result, "checkpoint": str(out)}
     return _once(work, "finetune", compute)
@@ -258,14 +270,15 @@ def evaluate_task(params: Params, name: str, checkpoint: str, work: str) -> dict
 
 def _write_channels(work: Path, channels: list) -> None:
     import csv
-    work.mkdir(parents=True, exist_ok=True)
+    import io
     _write_json(work / "channels.json", channels)
     if channels:
         cols = list(dict.fromkeys(k for row in channels for k in row))
-        with open(work / "channels.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(channels)
+        text = io.StringIO()
+        w = csv.DictWriter(text, fieldnames=cols)
+        w.writeheader()
+        w.writerows(channels)
+        fileio.write_text(work / "channels.csv", text.getvalue())
 
 
 # --------------------------------------------------------------------------- one trial
@@ -376,7 +389,8 @@ def _trial_plot(work: Path, result: dict) -> Optional[Path]:
     fig.suptitle(f"{result['method']} @ {result['speedup_target']:g}x ({result['scope']})")
     fig.tight_layout()
     out = work / "trial.png"
-    fig.savefig(out, dpi=80)
+    with fileio.atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return out
 
@@ -548,7 +562,7 @@ def leaderboard_flow(results_path: str = str(RESULTS_PATH), out_dir: str = str(R
 
     from . import leaderboard
     from .tune import TUNED_PATH
-    summary = _read_json(Path(results_path))
+    summary = leaderboard.load_summary(Path(results_path))
     if TUNED_PATH.is_file():
         summary = leaderboard.with_tuned(summary, _read_json(TUNED_PATH))
     files = leaderboard.write_reports(summary, Path(out_dir))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pruning
+from pruning import fileio
 from pruning.data import DataBundle
 from pruning.train import Recipe
 
@@ -221,8 +222,7 @@ def run_trial(params: Params, method: str, speedup: float, scope: str, dense: Pa
     tuned = finetune_stage(params, work_dir / "pruned.pt", Path(out), epochs, on_epoch) if epochs > 0 else \
         {"seconds_finetune": 0.0, "finetune_history": []}
     if epochs == 0:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_bytes((work_dir / "pruned.pt").read_bytes())
+        fileio.copy_file(work_dir / "pruned.pt", out)
     final = evaluate_stage(params, Path(out))
     lb = params.evaluate.latency_batch
     return {

@@ -3,12 +3,13 @@
 A checkpoint is one ``torch.save`` file holding only tensors, strings and numbers, so it loads with
 ``torch.load(weights_only=True)``: the weights, the recipe to rebuild the architecture (model name, classes,
 channels, input size) and Torch-Pruning's pruning history, replayed on a freshly built model before the weights
-are loaded.  Files are written atomically: a crash never leaves a half-written checkpoint behind.
+are loaded.  Files are written atomically (:mod:`pruning.fileio`): a crash or a full disk never leaves a
+half-written checkpoint behind.
 """
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .errors import PruneBenchError
+from .fileio import write_bytes
 from .models import create_model
 
 FORMAT = "prunebench-checkpoint/1"
@@ -24,8 +26,6 @@ FORMAT = "prunebench-checkpoint/1"
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, model_name: str, num_classes: int,
                     in_chans: int, input_size: int, extra: Optional[dict] = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "model": model_name, "num_classes": num_classes, "in_chans": in_chans, "input_size": input_size,
@@ -34,15 +34,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, model_name: st
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         "extra": extra or {},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    buffer = io.BytesIO()  # serialised in memory, so a full disk fails in the one atomic writer, not in torch
+    torch.save(payload, buffer)
+    return write_bytes(path, buffer.getbuffer())
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

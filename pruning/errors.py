@@ -12,3 +12,9 @@ def unknown_choice(kind: str, value: str, choices) -> PruneBenchError:
     """Build the standard 'unknown X' error that names every valid choice."""
     listed = ", ".join(sorted(choices))
     return PruneBenchError(f"unknown {kind} {value!r}; choose one of: {listed}")
+
+
+def one_line(message: object) -> str:
+    """A message as one line: its lines joined with '; ' (never fails on an empty message)."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return "; ".join(lines) or type(message).__name__

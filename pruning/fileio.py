@@ -77,6 +77,24 @@ def copy_file(source: os.PathLike | str, target: os.PathLike | str) -> Path:
     return atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
+def ensure_dir(path: os.PathLike | str) -> Path:
+    """Create a folder (and its parents) for outputs; a read-only or full file system is a one-line error."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from None
+    return path
+
+
+def remove(path: os.PathLike | str) -> None:
+    """Delete a file the project wrote earlier (e.g. a plot no longer produced); absent is fine."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from None
+
+
 def read_json(path: os.PathLike | str):
     """A JSON file the project wrote; a missing, unreadable or malformed one is a one-line error."""
     path = Path(path)
