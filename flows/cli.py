@@ -16,6 +16,7 @@ from .env import quiet_environment
 quiet_environment()
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Benchmark and apply structural pruning (PruningBench protocol on Torch-Pruning).")
 
 PARAMS = typer.Option(None, "--params", show_default="params.yaml",
@@ -25,8 +26,7 @@ PROFILE = typer.Option(None, "--profile", help="apply the overrides under profil
 
 def fail(message: str) -> None:
     """One line on stderr and exit code 2: multi-line messages (a library's own) are folded into one."""
-    from pruning.errors import one_line
-    typer.echo(f"error: {one_line(message)}", err=True)
+    typer.echo(f"error: {one_line_message(message)}", err=True)
     raise typer.Exit(2)
 
 
@@ -437,7 +437,33 @@ def show_result(result: dict) -> None:
 
 
 def main():
-    app()
+    """Run the CLI; a wrong flag or value (a usage error) is one line and exit code 2 like any other bad input."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:  # Ctrl+C
+        typer.echo("aborted", err=True)
+        code = 130
+    except Exception as e:
+        if not _is_usage_error(e):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `prunebench`: the help, as always
+            typer.echo(e.ctx.get_help())
+            code = 0
+        else:
+            command = e.ctx.command_path if getattr(e, "ctx", None) else "prunebench"
+            typer.echo(f"error: {one_line_message(e.format_message())} (see `{command} -h`)", err=True)
+            code = 2
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_usage_error(error: Exception) -> bool:
+    """click's usage errors (typer vendors click, so they are recognised by their interface, not their class)."""
+    return callable(getattr(error, "format_message", None)) and getattr(error, "exit_code", None) == 2
+
+
+def one_line_message(text: str) -> str:
+    from pruning.errors import one_line
+    return one_line(text)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,16 @@ def test_bad_params_file_is_one_line(tmp_path, monkeypatch, content, expected):
     assert files_under(tmp_path) == before
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["prune", "--method", "l2", "--speedup", "abc"], "Invalid value for '--speedup'"),
+    (["prune", "--speedup", "2"], "Missing option '--method'"),
+    (["no-such-command"], "No such command"),
+])
+def test_usage_errors_are_one_line(cli, args, expected):
+    code, _, err = cli(*args, timeout=120)
+    assert expected in one_error_line(code, err)
+
+
 @pytest.mark.parametrize("name", ["nope.yaml", "folder"])
 def test_serve_refuses_a_params_file_that_is_not_there(cli, tmp_path, name):
     (tmp_path / "folder").mkdir()
