@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from .errors import PruneBenchError
 from .fileio import write_bytes
 from .models import create_model
+from .safeload import torch_load_safely
 
 FORMAT = "prunebench-checkpoint/1"
 
@@ -42,12 +42,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, model_name: st
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint's contents, validated, without building the model."""
     path = Path(path)
-    if not path.is_file():
-        raise PruneBenchError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise PruneBenchError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}: {e})")
+    payload = torch_load_safely(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise PruneBenchError(f"{path} is not a prunebench checkpoint (no {FORMAT!r} header)")
     return payload
@@ -71,7 +66,7 @@ def load_checkpoint(path: str | os.PathLike, *, expect_model: Optional[str] = No
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:
         raise PruneBenchError(f"checkpoint {path} does not match the {payload['model']!r} architecture: "
-                              f"{str(e).splitlines()[0]}")
+                              f"{mismatch_reason(e)}") from None
     model.prunebench_history = list(history)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model, meta
@@ -93,21 +88,36 @@ def replay_history(model: nn.Module, example_inputs: torch.Tensor, history: list
     return model
 
 
+def mismatch_reason(error: RuntimeError, limit: int = 300) -> str:
+    """The first concrete problem of a ``load_state_dict`` error (its first line only names the model class)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    reason = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else (lines or [""])[0]
+    return reason if len(reason) <= limit else reason[:limit] + " ..."
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load plain weights (a state dict in ``.pt``/``.pth`` or ``.safetensors``) into a dense model."""
     path = Path(path)
     if not path.is_file():
         raise PruneBenchError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        state = _read_safetensors(path)
+    else:
+        state = torch_load_safely(path)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PruneBenchError(f"{path} holds no state dict (a mapping of names to tensors)")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
         model.load_state_dict(state, strict=True)
-    except PruneBenchError:
-        raise
-    except Exception as e:
-        raise PruneBenchError(f"cannot load weights from {path}: {str(e).splitlines()[0]}")
+    except RuntimeError as e:
+        raise PruneBenchError(f"cannot load weights from {path}: {mismatch_reason(e)}") from None
     return model
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise PruneBenchError(f"{path} is not a safetensors file ({str(e).strip().splitlines()[0]})") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .errors import PruneBenchError, unknown_choice
+from .safeload import PlainDataUnpickler, RefusedGlobal
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:<path>", "shapes", "<ultralytics dataset>.yaml")
 SPLITS = ("train", "val", "test")
@@ -115,13 +117,21 @@ def materialize(bundle: DataBundle, out_dir: str | os.PathLike) -> Path:
 def _load_prepared(folder: Path) -> DataBundle:
     try:
         spec = DataSpec(**json.loads((folder / "meta.json").read_text()))
-        splits = {}
-        for split in SPLITS:
-            with np.load(folder / f"{split}.npz") as f:
-                splits[split] = (f["images"], f["labels"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PruneBenchError(f"prepared dataset {folder} is incomplete or corrupt ({e}); run `prunebench prepare` again")
+        splits = {split: _read_prepared_split(folder / f"{split}.npz") for split in SPLITS}
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PruneBenchError(f"prepared dataset {folder} is incomplete or corrupt ({reason}); "
+                              f"run `prunebench prepare` again") from None
     return DataBundle(spec, splits)
+
+
+def _read_prepared_split(file: Path):
+    # allow_pickle=False: an object array (pickled Python objects, which could run code) is refused, never unpickled
+    with np.load(file, allow_pickle=False) as f:
+        try:
+            return f["images"], f["labels"]
+        except ValueError as e:
+            raise ValueError(f"{file.name}: {e}") from None
 
 
 def _rmtree(path: Path):
@@ -169,32 +179,64 @@ def _cifar(name: str, root: Path, download: bool, size: int) -> DataBundle:
     """CIFAR in the python-pickle layout torchvision downloads (``<root>/cifar-10-batches-py/...``)."""
     folder_name, train_files, test_file, label_key = _CIFAR[name]
     folder = root / folder_name
-    if download and not folder.is_dir():
-        from torchvision import datasets
-        (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)(str(root), download=True)
-    if not folder.is_dir():
-        raise PruneBenchError(f"{name} not found: expected {folder} (torchvision's layout); put the files there "
-                              f"or pass --download")
+    if download and _missing_cifar_files(folder, name):
+        _download_cifar(name, root)
+    missing = _missing_cifar_files(folder, name)
+    if missing:
+        state = f"is incomplete: {folder} lacks {', '.join(missing)}" if folder.is_dir() else \
+            f"not found: expected {folder}"
+        raise PruneBenchError(f"{name} {state} (torchvision's layout: {', '.join([*train_files, test_file])}); "
+                              f"put the files there or pass --download")
     x_train, y_train = _read_cifar(folder, train_files, label_key)
     x_test, y_test = _read_cifar(folder, [test_file], label_key)
     x_train, x_test = (_to_uint8_chw(torch.from_numpy(x).float() / 255.0, size) for x in (x_train, x_test))
-    tr, va = _holdout(y_train, 0.1)
+    try:
+        tr, va = _holdout(y_train, 0.1)
+    except ValueError as e:  # only a hand-made folder has classes too small to stratify
+        raise PruneBenchError(f"{name} in {folder}: no stratified 10% validation split of the training files "
+                              f"({str(e).strip().splitlines()[0]})") from None
     splits = {"train": (x_train[tr], y_train[tr]), "val": (x_train[va], y_train[va]), "test": (x_test, y_test)}
     return DataBundle(DataSpec(name, 100 if name == "cifar100" else 10, 3, size), splits)
 
 
+def _missing_cifar_files(folder: Path, name: str) -> list:
+    _, train_files, test_file, _ = _CIFAR[name]
+    return [f for f in [*train_files, test_file] if not (folder / f).is_file()]
+
+
+def _download_cifar(name: str, root: Path) -> None:
+    from torchvision import datasets
+    try:  # torchvision checks the archive's checksum and re-downloads an incomplete folder
+        (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)(str(root), download=True)
+    except (OSError, RuntimeError) as e:
+        raise PruneBenchError(f"cannot download {name} into {root}: {str(e).strip().splitlines()[0]}") from None
+
+
 def _read_cifar(folder: Path, files: list, label_key: bytes):
-    import pickle
     images, labels = [], []
     for file in files:
+        batch = _read_cifar_batch(folder / file)
         try:
-            with open(folder / file, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")  # the CIFAR distribution format is pickled numpy
             images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(batch[label_key])
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
-            raise PruneBenchError(f"CIFAR file {folder / file} is missing or corrupt ({type(e).__name__}: {e})")
-    return np.concatenate(images), np.asarray(labels, dtype=np.int64)
+            labels.append(np.asarray(batch[label_key], dtype=np.int64).reshape(-1))
+            if len(labels[-1]) != len(images[-1]):
+                raise ValueError(f"{len(images[-1])} images but {len(labels[-1])} labels")
+        except (KeyError, TypeError, ValueError) as e:
+            raise PruneBenchError(f"CIFAR file {folder / file} is not a CIFAR batch "
+                                  f"({type(e).__name__}: {e})") from None
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _read_cifar_batch(path: Path) -> dict:
+    """One CIFAR batch file: a pickled dict of numpy arrays, read with an unpickler that cannot call anything else."""
+    try:
+        with open(path, "rb") as f:
+            return PlainDataUnpickler(f, encoding="bytes").load()  # bytes: the files were pickled by Python 2
+    except RefusedGlobal as e:
+        raise PruneBenchError(f"refused to load CIFAR file {path}: {e}") from None
+    except Exception as e:  # pickle raises many types (EOFError, UnpicklingError, ValueError, ...) for damaged files
+        raise PruneBenchError(f"CIFAR file {path} is corrupt ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else 'truncated'})") from None
 
 
 def _holdout(labels: np.ndarray, fraction: float, seed: int = 0):
@@ -204,30 +246,81 @@ def _holdout(labels: np.ndarray, fraction: float, seed: int = 0):
     return np.sort(train), np.sort(val)
 
 
+MIN_IMAGES_PER_CLASS = 7  # the stratified 70/15/15 split needs >= 2 images of each class in its 30% (0.3 * 7 > 2)
+
+
 def _imagefolder(path: Path, size: int) -> DataBundle:
     """``path/<class>/<image>`` (split 70/15/15), or ``path/{train,val,test}/<class>/<image>``."""
-    from torchvision import datasets, transforms
     if not path.is_dir():
         raise PruneBenchError(f"imagefolder path {path} does not exist or is not a folder")
-    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
-    def arrays(folder: Path):
-        try:
-            ds = datasets.ImageFolder(str(folder), transform=tf)
-        except (FileNotFoundError, RuntimeError) as e:
-            raise PruneBenchError(f"imagefolder {folder}: {e}")
-        xs = torch.stack([ds[i][0] for i in range(len(ds))])
-        channels = 3 if xs.shape[1] in (1, 3) else xs.shape[1]
-        return _to_uint8_chw(xs, size, channels), np.asarray(ds.targets, dtype=np.int64), ds.classes
     if (path / "train").is_dir():
-        parts = {s: arrays(path / s) for s in SPLITS if (path / s).is_dir()}
+        parts = {s: _image_arrays(path / s, size) for s in SPLITS if (path / s).is_dir()}
         if "val" not in parts:
             raise PruneBenchError(f"imagefolder {path} has train/ but no val/ folder")
         parts.setdefault("test", parts["val"])
         classes = parts["train"][2]
+        _check_classes(path / "train", classes)
+        for split, (_, _, split_classes) in parts.items():
+            _check_same_classes(path, split, split_classes, classes)
         splits = {s: (x, y) for s, (x, y, _) in parts.items()}
     else:
-        images, labels, classes = arrays(path)
+        images, labels, classes = _image_arrays(path, size)
+        _check_classes(path, classes)
+        _check_split_sizes(path, labels, classes)
         idx = _stratified_split(labels)
         splits = {s: (images[i], labels[i]) for s, i in zip(SPLITS, idx)}
     channels = splits["train"][0].shape[1]
     return DataBundle(DataSpec(f"imagefolder:{path}", len(classes), channels, size), splits)
+
+
+def _image_arrays(folder: Path, size: int):
+    """uint8 images, labels and class names of one ``<class>/<image>`` folder; an unreadable image is one line."""
+    from torchvision import datasets, transforms
+    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])
+    try:
+        ds = datasets.ImageFolder(str(folder), transform=tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise PruneBenchError(f"imagefolder {folder}: {e}") from None
+    xs = torch.stack([_read_image(ds, i) for i in range(len(ds))])
+    channels = 3 if xs.shape[1] in (1, 3) else xs.shape[1]
+    return _to_uint8_chw(xs, size, channels), np.asarray(ds.targets, dtype=np.int64), ds.classes
+
+
+def _read_image(ds, i: int) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+    try:
+        return ds[i][0]
+    # PIL's ways of saying "damaged"; ImportError: once ultralytics is imported, its Image.open retries an unknown
+    # format through the optional pi_heif package and raises ModuleNotFoundError without it
+    except (OSError, SyntaxError, ValueError, ImportError, Image.DecompressionBombError) as e:
+        reason = "unknown or damaged image format" if isinstance(e, (UnidentifiedImageError, ImportError)) else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise PruneBenchError(f"imagefolder: {ds.samples[i][0]} is not a readable image ({reason})") from None
+
+
+def _check_classes(folder: Path, classes: list) -> None:
+    if len(classes) < 2:
+        raise PruneBenchError(f"imagefolder {folder} has {len(classes)} class folder ({', '.join(classes)}): a "
+                              f"classification dataset needs at least 2 classes, one folder each")
+
+
+def _check_same_classes(path: Path, split: str, split_classes: list, classes: list) -> None:
+    """Labels are class folder positions: a split with other class folders would silently mislabel its images."""
+    if split_classes != classes:
+        lacks, extra = sorted(set(classes) - set(split_classes)), sorted(set(split_classes) - set(classes))
+        detail = "; ".join(([f"lacks {_some(lacks)}"] if lacks else []) + ([f"adds {_some(extra)}"] if extra else []))
+        raise PruneBenchError(f"imagefolder {path}: {split}/ must have the same class folders as train/ ({detail})")
+
+
+def _check_split_sizes(folder: Path, labels: np.ndarray, classes: list) -> None:
+    counts = np.bincount(labels, minlength=len(classes))
+    fewest_first = np.argsort(counts, kind="stable")
+    small = [f"{classes[c]} ({counts[c]})" for c in fewest_first if counts[c] < MIN_IMAGES_PER_CLASS]
+    if small:
+        raise PruneBenchError(f"imagefolder {folder}: the 70/15/15 train/val/test split needs at least "
+                              f"{MIN_IMAGES_PER_CLASS} images per class; too few in {_some(small)} (add images, or "
+                              f"give train/ and val/ folders)")
+
+
+def _some(names: list, limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -1,7 +1,8 @@
 """YOLOv8 detection through ultralytics: build (no download), make prunable, prune, finetune, validate.
 
 * ``yolov8n|s|m`` are built from ultralytics' bundled yaml with random weights, or their weights come from a local
-  ``.pt`` (:func:`load_ultralytics_weights`).
+  ``.pt`` (:func:`load_ultralytics_weights`), read with ``torch.load(weights_only=True)`` and an allow-list of the
+  classes such a file is made of, so nothing in it can run.
 * ``C2f`` splits its first convolution's output with ``chunk``, which DepGraph cannot follow; :func:`replace_c2f`
   swaps every ``C2f`` for :class:`C2fSplit`, the same computation with that convolution cut in two (weights and
   BatchNorm statistics copied), so outputs are identical and both halves prune.  The ``Detect`` head is protected.
@@ -14,7 +15,8 @@
   local TTF (matplotlib's DejaVuSans) as ``Arial.ttf``, so the font check of ``check_det_dataset`` never downloads;
   the integration callbacks (MLflow, DVC, ClearML, Comet, W&B, TensorBoard, Ray Tune) and analytics are switched
   off in memory for this process (the user's settings file is not rewritten) and removed from every trainer,
-  because ultralytics' MLflow callback would take over the caller's active MLflow run; ``plots=False``.
+  because ultralytics' MLflow callback would take over the caller's active MLflow run; ``plots=False``.  Its
+  dataset label caches (pickled ``.cache`` files) are read without unpickling code (:func:`_safe_label_caches`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 import time
 from itertools import islice
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from .errors import PruneBenchError
+from .safeload import load_npy, torch_load_safely
 
 YOLO_MODELS = ("yolov8n", "yolov8s", "yolov8m")
 INTEGRATIONS = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb", "hub", "sync")
@@ -61,6 +63,7 @@ def ultralytics_setup():
                 dict.__setitem__(uutils.SETTINGS, key, False)
         _local_fonts(Path(uutils.USER_CONFIG_DIR))
         uutils.LOGGER.setLevel(logging.WARNING)
+        _safe_label_caches()
         _READY = True
     return ultralytics
 
@@ -77,6 +80,20 @@ def _local_fonts(folder: Path) -> None:
                 shutil.copyfile(source, target)
             except OSError:
                 pass
+
+
+def _safe_label_caches() -> None:
+    """ultralytics reads a dataset's ``labels/<split>.cache`` with ``np.load(allow_pickle=True)``: a crafted cache
+    in a user's dataset folder would run code.  Its loader is replaced, in memory for this process, by one that
+    rebuilds numpy arrays and plain data only; a refused cache raises, and ultralytics then rescans the labels and
+    writes a fresh cache, as it does for any unreadable one."""
+    from ultralytics.data import dataset, utils
+    for module in (dataset, utils):
+        module.load_dataset_cache_file = _load_label_cache
+
+
+def _load_label_cache(path) -> dict:
+    return load_npy(path).item()
 
 
 def _drop_integration_callbacks(obj) -> None:
@@ -147,26 +164,55 @@ def build_yolo(name: str, num_classes: int, imgsz: Optional[int] = None) -> nn.M
 
 
 def load_ultralytics_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a local ultralytics ``.pt`` (e.g. ``yolov8n.pt``, or a trainer's ``best.pt``) into ``model``.
+    """Load a local ultralytics ``.pt`` (e.g. ``yolov8n.pt``, or a trainer's ``best.pt``/``last.pt``) into ``model``.
 
-    The file is a pickle of ultralytics classes: load only files you trust.  Class counts must match.
+    ultralytics pickles whole modules, so the file is read with ``torch.load(weights_only=True)`` allowing only the
+    classes a YOLOv8 detection checkpoint is made of (:func:`ultralytics_globals`): anything else is refused before
+    it is built, so nothing in the file runs.  Class counts must match.
     """
     ultralytics_setup()
     path = Path(path)
     if not path.is_file():
         raise PruneBenchError(f"weights file {path} does not exist")
+    ckpt = torch_load_safely(path, ultralytics_globals(), kind="an ultralytics YOLOv8 detection checkpoint")
+    source = _checkpoint_model(ckpt, path).float()
+    replace_c2f(source)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        source = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
-        source = copy.deepcopy(source).float()
-        replace_c2f(source)
         model.load_state_dict(source.state_dict(), strict=True)
-    except PruneBenchError:
-        raise
-    except Exception as e:
-        raise PruneBenchError(f"cannot load YOLO weights from {path}: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+    except RuntimeError as e:
+        from .checkpoint import mismatch_reason
+        raise PruneBenchError(f"YOLO weights in {path} do not fit {getattr(model, 'prunebench_name', 'the model')} "
+                              f"with {int(detect_head(model).nc)} classes: {mismatch_reason(e)}") from None
     return model
+
+
+def ultralytics_globals() -> list:
+    """Exactly the classes an ultralytics YOLOv8 detection ``.pt`` pickles: the model's layers, its hyperparameter
+    namespace, and numpy scalars (older trainers stored ``best_fitness`` as one).  Each class is also allowed under
+    its pre-8.1 flat name (``ultralytics.nn.modules.Conv``) and the namespace under ``ultralytics.yolo.utils``."""
+    import numpy as np
+    from ultralytics.nn.modules import C2f, DFL, SPPF, Bottleneck, Concat, Conv, Detect
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils import IterableSimpleNamespace
+    layers = [C2f, DFL, SPPF, Bottleneck, Concat, Conv, Detect]
+    torch_layers = [nn.Sequential, nn.ModuleList, nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.MaxPool2d, nn.Upsample]
+    scalar = np.float64(0).__reduce__()[0]  # numpy's scalar constructor, pickled under numpy.(_)core.multiarray
+    return [DetectionModel, IterableSimpleNamespace, *layers, *torch_layers,
+            *[(cls, f"ultralytics.nn.modules.{cls.__name__}") for cls in layers],
+            (IterableSimpleNamespace, "ultralytics.yolo.utils.IterableSimpleNamespace"),
+            np.dtype, type(np.dtype(np.float64)),
+            (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+
+
+def _checkpoint_model(ckpt, path: Path) -> nn.Module:
+    """The module an ultralytics checkpoint holds: its EMA (trainer checkpoints) or its model (released weights)."""
+    if isinstance(ckpt, dict) and "format" in ckpt and "state_dict" in ckpt:
+        raise PruneBenchError(f"{path} is a prunebench checkpoint, not ultralytics weights "
+                              f"(it loads with pruning.yolo.load_yolo)")
+    source = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(source, nn.Module):
+        raise PruneBenchError(f"{path} is not an ultralytics checkpoint: it holds no 'ema' or 'model' module")
+    return source
 
 
 def detect_head(model: nn.Module) -> nn.Module:
