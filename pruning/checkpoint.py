@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .errors import PruneBenchError
+from .errors import PruneBenchError, first_line
 from .fileio import write_bytes
 from .models import create_model
 from .safeload import torch_load_safely
@@ -120,4 +120,4 @@ def _read_safetensors(path: Path) -> dict:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise PruneBenchError(f"{path} is not a safetensors file ({str(e).strip().splitlines()[0]})") from None
+        raise PruneBenchError(f"{path} is not a safetensors file ({first_line(e)})") from None

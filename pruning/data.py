@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .errors import PruneBenchError, unknown_choice
+from .errors import PruneBenchError, first_line, unknown_choice
 from .safeload import PlainDataUnpickler, RefusedGlobal
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:<path>", "shapes", "<ultralytics dataset>.yaml")
@@ -119,7 +119,7 @@ def _load_prepared(folder: Path) -> DataBundle:
         spec = DataSpec(**json.loads((folder / "meta.json").read_text()))
         splits = {split: _read_prepared_split(folder / f"{split}.npz") for split in SPLITS}
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise PruneBenchError(f"prepared dataset {folder} is incomplete or corrupt ({reason}); "
                               f"run `prunebench prepare` again") from None
     return DataBundle(spec, splits)
@@ -194,7 +194,7 @@ def _cifar(name: str, root: Path, download: bool, size: int) -> DataBundle:
         tr, va = _holdout(y_train, 0.1)
     except ValueError as e:  # only a hand-made folder has classes too small to stratify
         raise PruneBenchError(f"{name} in {folder}: no stratified 10% validation split of the training files "
-                              f"({str(e).strip().splitlines()[0]})") from None
+                              f"({first_line(e)})") from None
     splits = {"train": (x_train[tr], y_train[tr]), "val": (x_train[va], y_train[va]), "test": (x_test, y_test)}
     return DataBundle(DataSpec(name, 100 if name == "cifar100" else 10, 3, size), splits)
 
@@ -209,7 +209,7 @@ def _download_cifar(name: str, root: Path) -> None:
     try:  # torchvision checks the archive's checksum and re-downloads an incomplete folder
         (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)(str(root), download=True)
     except (OSError, RuntimeError) as e:
-        raise PruneBenchError(f"cannot download {name} into {root}: {str(e).strip().splitlines()[0]}") from None
+        raise PruneBenchError(f"cannot download {name} into {root}: {first_line(e)}") from None
 
 
 def _read_cifar(folder: Path, files: list, label_key: bytes):
@@ -236,7 +236,7 @@ def _read_cifar_batch(path: Path) -> dict:
         raise PruneBenchError(f"refused to load CIFAR file {path}: {e}") from None
     except Exception as e:  # pickle raises many types (EOFError, UnpicklingError, ValueError, ...) for damaged files
         raise PruneBenchError(f"CIFAR file {path} is corrupt ({type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else 'truncated'})") from None
+                              f"{first_line(e)})") from None
 
 
 def _holdout(labels: np.ndarray, fraction: float, seed: int = 0):

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from .errors import PruneBenchError
+from .errors import PruneBenchError, first_line
 
 SHAPES = ("square", "circle", "triangle")
 SHAPES_VERSION = 1
@@ -114,7 +114,7 @@ def _from_yaml(path: Path, root: Path, imgsz: int) -> DetectionData:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise PruneBenchError(f"dataset yaml {path} is not valid YAML: {str(e).splitlines()[0]}")
+        raise PruneBenchError(f"dataset yaml {path} is not valid YAML: {first_line(e)}")
     if not isinstance(data, dict):
         raise PruneBenchError(f"dataset yaml {path} must be a mapping with train, val and names")
     missing_keys = [k for k in ("train", "val", "names") if not data.get(k)]

@@ -18,3 +18,11 @@ def one_line(message: object) -> str:
     """A message as one line: its lines joined with '; ' (never fails on an empty message)."""
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
     return "; ".join(lines) or type(message).__name__
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name when the message is empty."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__
