@@ -145,7 +145,8 @@ def prune_stage(params: Params, method: str, speedup: Optional[float], scope: st
         dense_widths = alloc.group_widths(groups)
     model, report = pruning.prune(model, bundle.spec.example_inputs(), method, speedup, scope, data=calibration,
                                   protect=p.protect, steps=p.steps, calibration_batches=p.calibration_batches,
-                                  num_classes=bundle.spec.num_classes, pruning_ratio_dict=ratio_dict)
+                                  num_classes=bundle.spec.num_classes, pruning_ratio_dict=ratio_dict,
+                                  seed=params.seed)
     acc = pruning.accuracy(model, bundle.loader(eval_split, 256))
     summary = report.summary()
     if groups:  # the share of each group's channels that stayed: the allocation actually applied

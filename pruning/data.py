@@ -42,24 +42,32 @@ class DataBundle:
     spec: DataSpec
     splits: dict  # split name -> (uint8 images N x C x H x W, int64 labels N)
 
-    def dataset(self, split: str, augment: bool = False) -> Dataset:
+    def dataset(self, split: str, augment: bool = False, seed: int = 0) -> Dataset:
         images, labels = self.splits[split]
-        return ArrayDataset(images, labels, augment=augment)
+        return ArrayDataset(images, labels, augment=augment, seed=seed)
 
     def loader(self, split: str, batch_size: int = 64, shuffle: bool = False, augment: bool = False,
                seed: int = 0) -> DataLoader:
-        generator = torch.Generator().manual_seed(seed)
-        return DataLoader(self.dataset(split, augment), batch_size=batch_size, shuffle=shuffle,
+        """Batches of ``split``; the shuffle order and the augmentation are fixed by ``seed`` alone (own generators,
+        never torch's global one, so loaders on other threads cannot change them)."""
+        generator = torch.Generator().manual_seed(seed)  # drives the sampler only
+        return DataLoader(self.dataset(split, augment, seed), batch_size=batch_size, shuffle=shuffle,
                           generator=generator, num_workers=0)
 
 
 class ArrayDataset(Dataset):
-    """uint8 images normalised on the fly; ``augment`` adds the CIFAR recipe (pad-4 random crop, h-flip)."""
+    """uint8 images normalised on the fly; ``augment`` adds the CIFAR recipe (pad-4 random crop, h-flip).
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool = False):
+    The augmentation draws from the dataset's own generator, seeded by ``seed``: each pass over the data gets new
+    crops, and the sequence depends on ``seed`` alone.  Read it in one process (``num_workers=0``): workers would
+    each get a copy of the generator and repeat each other's crops.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool = False, seed: int = 0):
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         self.augment = augment
+        self.generator = torch.Generator().manual_seed(_augment_seed(seed)) if augment else None
 
     def __len__(self):
         return len(self.labels)
@@ -67,16 +75,21 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i):
         x = (self.images[i].float() / 255.0 - _MEAN) / _STD
         if self.augment:
-            x = _random_crop_flip(x)
+            x = _random_crop_flip(x, self.generator)
         return x, self.labels[i]
 
 
-def _random_crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+def _augment_seed(seed: int) -> int:
+    """A seed for the augmentation stream derived from the loader's seed, so that it is not the sampler's stream."""
+    return int(np.random.SeedSequence([seed, 1]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     h, w = x.shape[-2:]
     padded = F.pad(x, (pad, pad, pad, pad))
-    top, left = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+    top, left = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
     x = padded[:, top:top + h, left:left + w]
-    return x.flip(-1) if torch.rand(()) < 0.5 else x
+    return x.flip(-1) if torch.rand((), generator=generator) < 0.5 else x
 
 
 # --------------------------------------------------------------------------- public entry points

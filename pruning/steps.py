@@ -88,7 +88,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
           speedup: Optional[float], scope: str = "protected", data: Optional[Iterable] = None, *,
           protect: float = DEFAULT_PROTECT, steps: int = 100, calibration_batches: int = 4,
           num_classes: Optional[int] = None, ignored_layers=None, pruning_ratio_dict=None,
-          round_to: Optional[int] = None, **pruner_options) -> tuple[nn.Module, PruneReport]:
+          round_to: Optional[int] = None, seed: int = 0, **pruner_options) -> tuple[nn.Module, PruneReport]:
     """Prune ``model`` in place, in up to ``steps`` iterative steps, until dense MACs / pruned MACs >= ``speedup``.
 
     ``speedup=None`` runs all ``steps`` steps instead: each group then ends at its ``pruning_ratio_dict`` ratio
@@ -100,10 +100,11 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
     data-driven criteria calibrate once on the first ``calibration_batches`` of it.  ``scope`` is one of
     ``local`` (same ratio per layer), ``global``, ``protected`` (global, every group keeps >= ``protect`` of its
     channels) and ``isomorphic`` (global ranking within buckets of structurally identical groups, with protection).
+    ``seed`` fixes a criterion's own random draws (the ``random`` scores).
     ``head_ratio`` and ``head_dim_ratio`` control attention pruning (see :func:`pruning.timm_support.family_options`);
     other keyword options go to Torch-Pruning's ``BasePruner`` (e.g. ``num_heads``, ``customized_pruners``).
     """
-    importance, name, needs_data = _importance(method, model, example_inputs, num_classes)
+    importance, name, needs_data = _importance(method, model, example_inputs, num_classes, seed)
     _validate(speedup, scope, protect, steps, name, needs_data, data)
     num_classes = num_classes or _num_classes(model, example_inputs)
     protect = 0.0 if scope == "global" else protect
@@ -186,11 +187,11 @@ def _protected_step(pruner: tp.pruner.BasePruner, protect: float) -> None:
         g.prune()
 
 
-def _importance(method, model, example_inputs, num_classes):
+def _importance(method, model, example_inputs, num_classes, seed):
     if isinstance(method, str):
         pair = resolve(method)
         _check_bn(model, pair.criterion.name, pair.criterion.needs_bn)
-        imp = pair.criterion.build(num_classes=num_classes or _num_classes(model, example_inputs))
+        imp = pair.criterion.build(num_classes=num_classes or _num_classes(model, example_inputs), seed=seed)
         return imp, pair.name, pair.needs_data
     if callable(method):
         return method, type(method).__name__, hasattr(method, "calibrate")

@@ -28,6 +28,12 @@ class Recipe:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's *global* generators (model initialisation, dropout).
+
+    Trials may run side by side on threads of one process, which share these generators; so nothing a trial's
+    result depends on may draw from them: data order, augmentation and random criteria have their own generators,
+    seeded from the trial's seed (see :meth:`pruning.data.DataBundle.loader`).
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -6,8 +6,8 @@ from .base import CRITERION, register
 
 
 @register("random", CRITERION, needs_data=False, summary="uniformly random channel scores (the control)")
-def random(**_):
-    return tp.importance.RandomImportance()
+def random(seed: int = 0, **_):
+    return SeededRandomImportance(seed)
 
 
 @register("l1", CRITERION, needs_data=False, summary="group L1 norm of the channel's weights",
@@ -52,3 +52,16 @@ class BNScaleImportance(tp.importance.BNScaleImportance):
         if scores is None or len(scores) < 2:
             return scores
         return scores + torch.linspace(0, 1e-6, len(scores)) * scores.abs().mean()
+
+
+class SeededRandomImportance(tp.importance.RandomImportance):
+    """Torch-Pruning's random score drawn from the criterion's own generator, not torch's global one: the scores
+    depend on ``seed`` alone, also when other trials draw random numbers on other threads."""
+
+    def __init__(self, seed: int = 0):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def __call__(self, group, **kwargs):
+        _, idxs = group[0]
+        return torch.rand(len(idxs), generator=self.generator)
