@@ -239,6 +239,7 @@ def judge(name: str, proc: subprocess.CompletedProcess, before: dict, after: dic
         problems.append(f"files changed: {changed[:5]}")
     if (proj / MARKER).exists():
         problems.append("MALICIOUS PAYLOAD RAN")
+        (proj / MARKER).unlink()  # so the next cases are judged on their own
     return {"input": name, "ok": not problems, "problems": problems, "stderr": lines[:3]}
 
 

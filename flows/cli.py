@@ -249,7 +249,8 @@ def pretrain(out: Path = typer.Option(Path("models/dense.pt"), "--out", help="wh
     """Train the dense baseline into models/dense.pt (a DVC output); skipped when it is up to date."""
     start_server()
     params = load(params_file, profile)
-    from . import pipeline
+    from . import pipeline, stages
+    run_guarded(stages.preflight, params)
     path = run_flow(pipeline.pretrain_flow, None, params.model_dump(), str(out))
     typer.echo(f"dense baseline: {path}", err=True)
 
@@ -284,7 +285,8 @@ def benchmark(
         bench["dask_address"] = dask
     params = load(params_file, profile, {"benchmark": bench})
     from . import leaderboard as lb
-    from . import pipeline
+    from . import pipeline, stages
+    run_guarded(stages.preflight, params)
     from .tracking import tracking_uri
     summary = run_flow(pipeline.run_benchmark, tracking_uri(params.tracking.mlflow_uri), params)
     if write_leaderboard:

@@ -238,8 +238,8 @@ def run_trial(params: Params, method: str, speedup: float, scope: str, dense: Pa
 
 # --------------------------------------------------------------------------- model families: checks and detection
 def preflight(params: Params) -> None:
-    """Before any training: the model takes the dataset's input size and a trial prune of a copy runs
-    (a family that cannot be pruned fails here, naming the layer type)."""
+    """Before any training or written file: the model takes the dataset's input size, ``model.checkpoint`` loads
+    into it, and a trial prune of a copy runs (a family that cannot be pruned fails here, naming the layer type)."""
     from pruning.timm_support import check_input_size, check_prunable
     from pruning.yolo import is_yolo
     if is_yolo(params.model.name):
@@ -247,6 +247,8 @@ def preflight(params: Params) -> None:
                                       f"(shapes or an ultralytics dataset .yaml)")
     model, spec = untrained_model(params)
     check_input_size(model, spec.example_inputs(), params.model.name)
+    if params.model.checkpoint:  # the user's weights fit (and load safely) before any data is prepared
+        pruning.load_weights(model, params.model.checkpoint)
     check_prunable(model, spec.example_inputs(), spec.num_classes, params.model.name)
 
 
