@@ -245,9 +245,11 @@ class Tracker:
         if not parent_id or run.data.tags.get("mlflow.parentRunId") == parent_id:
             return None
         for link in self._search(experiment_id, f"tags.linked_run_id = '{run_id}'"):
-            if link.data.tags.get("mlflow.parentRunId") == parent_id and self._end_if_interrupted(link) \
-                    and link.info.status == "FINISHED":
+            if link.data.tags.get("mlflow.parentRunId") != parent_id:
+                continue
+            if link.info.status == "FINISHED":
                 return link.info.run_id
+            self._end_if_interrupted(link)  # its process died while writing it: KILLED, and a new one follows
         tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") and k != "superseded_by"}
         tags.update({"kind": KIND_TRIAL_LINK, "linked_run_id": run_id, "mlflow.parentRunId": parent_id,
                      WORKER_TAG: worker_id()})

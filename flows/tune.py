@@ -26,8 +26,9 @@ Parallel workers: several ``prunebench tune`` processes on one study (a shared s
   machine stop at exactly ``tune.trials``.  (Optuna's ``MaxTrialsCallback`` could only stop a worker *after* its
   trial, letting each other worker overshoot by one.)  Workers on other machines (PostgreSQL) do not share that
   lock: two of them may start the last trial together, so the total can exceed ``tune.trials`` by at most the
-  number of workers minus one.  A trial whose worker failed frees its slot (that worker runs another); one left
-  RUNNING by a worker killed on another machine holds its slot until a ``tune`` there recovers it.
+  number of workers minus one.  A trial that fails frees its slot (its worker then runs another); one left
+  RUNNING by a worker killed on another machine holds its slot until a ``tune`` there recovers it.  The locks
+  are files under ``models/tune/``: they coordinate the workers that share one project folder.
 * Sampling: every trial gets a fresh sampler seeded from ``params.seed`` and its trial number.  Trial numbers are
   unique in a study, so workers and resumed runs never repeat each other's draws, and a study stays reproducible
   from its inputs: with the random sampler trial *n* draws the same allocation whichever worker runs it; TPE and
