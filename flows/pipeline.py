@@ -407,6 +407,7 @@ def run_trial(ctx: SweepContext, trial: Trial) -> dict:
     if result_file.is_file():
         done_run = tracker.finished_trial(ctx.experiment_id, key)
         if done_run:
+            tracker.link_trial(ctx.experiment_id, ctx.parent_run_id, done_run)  # listed under this parent too
             result = {**_read_json(result_file), **base, "run_id": done_run, "cached": True}
             REPORTER.trial_end(trial.name, result)
             return result

@@ -62,8 +62,13 @@ def spawn_temporary_server() -> None:
     import socket
     import subprocess
     import sys
+    from filelock import FileLock
     spec = importlib.util.find_spec("prefect")
     app_dir = str(Path(spec.origin).parent.parent)
+    # Held until the server answers (wait_for_server): two servers creating one fresh Prefect database at once
+    # collide in its migrations and one exits, so commands started together start their servers in turn.
+    lock = FileLock(Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser() / "server-start.lock")
+    lock.acquire()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -74,7 +79,7 @@ def spawn_temporary_server() -> None:
                              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "error", "--lifespan", "on"],
                             env=env, stdin=subprocess.DEVNULL, preexec_fn=exit_with_parent())
-    _SERVER.update(proc=proc, url=f"http://127.0.0.1:{port}/api")
+    _SERVER.update(proc=proc, url=f"http://127.0.0.1:{port}/api", lock=lock)
     os.environ["PREFECT_API_URL"] = _SERVER["url"]
 
     def stop():
@@ -115,16 +120,19 @@ def wait_for_server(timeout: float = 180.0) -> None:
         return
     import httpx
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if _SERVER["proc"].poll() is not None:
-            raise RuntimeError(f"Prefect's temporary server exited with code {_SERVER['proc'].returncode}")
-        try:
-            if httpx.get(f"{_SERVER['url']}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("Prefect's temporary server did not start in time")
+    try:
+        while time.time() < deadline:
+            if _SERVER["proc"].poll() is not None:
+                raise RuntimeError(f"Prefect's temporary server exited with code {_SERVER['proc'].returncode}")
+            try:
+                if httpx.get(f"{_SERVER['url']}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("Prefect's temporary server did not start in time")
+    finally:
+        _SERVER["lock"].release()
 
 
 if __name__ == "__main__":  # the server subprocess started by spawn_temporary_server

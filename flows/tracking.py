@@ -5,12 +5,24 @@ sweep (reused when the same sweep is run again or resumed, so a resumed sweep st
 per trial, found again by its ``trial_key`` tag.  Everything goes through an explicit ``MlflowClient`` and run ids,
 never MLflow's fluent "active run": tasks on other threads or Dask workers log safely, and no third-party callback
 (ultralytics' MLflow integration ends whatever run is *active*) can take over or close one of these runs.
+
+Several processes may share one store (parallel ``prunebench tune`` workers): with a SQLite store, creating the
+schema and finding-or-creating a parent run happen under a file lock beside the database file.  Every run records
+the process that started it (tag ``worker`` = ``host:pid``).  A run of this trial key still RUNNING when a later
+attempt starts counts as interrupted only when its process is gone from this host; it is then ended as KILLED
+(with its end time) and kept as history, tagged ``superseded_by`` the new attempt's run.  A run of a live process
+(or of another host, which cannot be checked from here) is never touched.  Lookups of results look at FINISHED
+runs only.  A cached trial reused under another parent (a benchmark reusing the trial a tuning study ran) gets a
+``trial-link`` child under the new parent with the same params and final metrics, so every parent lists all its
+trials; lookups of results ignore links.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +34,8 @@ KIND_TRIAL = "trial"
 KIND_PRETRAIN = "pretrain"
 KIND_STUDY = "study"
 KIND_TUNE_TRIAL = "tune-trial"
+KIND_TRIAL_LINK = "trial-link"
+WORKER_TAG = "worker"
 
 # Keep third-party MLflow integrations (ultralytics reads these) from starting, naming or keeping runs of their own.
 _THIRD_PARTY_ENV = {"MLFLOW_KEEP_RUN_ACTIVE": "false"}
@@ -30,6 +44,48 @@ _THIRD_PARTY_ENV = {"MLFLOW_KEEP_RUN_ACTIVE": "false"}
 def tracking_uri(configured: Optional[str] = None) -> str:
     """``MLFLOW_TRACKING_URI`` wins over params.yaml's ``tracking.mlflow_uri``; default ``sqlite:///mlflow.db``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or "sqlite:///mlflow.db"
+
+
+def worker_id() -> str:
+    """This process as ``host:pid``, recorded on every run (and Optuna trial) it starts."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_alive(worker: str) -> bool:
+    """Whether the process a ``host:pid`` names may still be running.
+
+    False only when it is certainly gone: a process of this host that no longer exists, or no (valid) name at all
+    (runs recorded before workers were).  Another host's process cannot be checked from here and counts as alive.
+    """
+    host, _, pid = (worker or "").partition(":")
+    if not host or not pid.isdigit():
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)  # signal 0: an existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    return True
+
+
+def store_lock(uri: str):
+    """A file lock beside a SQLite database (``<file>.lock``), a no-op for other stores (servers serialise).
+
+    Creating a SQLite schema is not safe from two processes at once ("table ... already exists"); holding this
+    lock around the first connection lets any number of processes start together.  No lock when the database's
+    folder does not exist: the store then fails with its own error rather than the lock creating the folder.
+    """
+    if not uri.startswith("sqlite:"):
+        return contextlib.nullcontext()
+    from sqlalchemy.engine import make_url
+    database = make_url(uri).database
+    if not database or database == ":memory:" or not Path(database).parent.is_dir():
+        return contextlib.nullcontext()
+    from filelock import FileLock
+    return FileLock(f"{database}.lock")
 
 
 def experiment_name(dataset: str, model: str) -> str:
@@ -82,7 +138,8 @@ class Tracker:
         _quiet_loggers()
         from mlflow import MlflowClient
         self.uri = tracking_uri(uri)
-        self.client = MlflowClient(self.uri)
+        with store_lock(self.uri):  # the client creates (or migrates) a SQLite schema: one process at a time
+            self.client = MlflowClient(self.uri)
 
     # ------------------------------------------------------------------ experiments and runs
     def experiment(self, name: str) -> str:
@@ -103,53 +160,108 @@ class Tracker:
 
     def parent_run(self, experiment_id: str, sweep_key: str, name: str, params: dict, tags: dict,
                    kind: str = KIND_BENCHMARK) -> str:
-        """The parent run of this sweep (or study): reused when it ran before (resume), else created."""
-        found = self._search(experiment_id, f"tags.sweep_key = '{sweep_key}' and tags.kind = '{kind}'")
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            run = self.client.create_run(experiment_id, run_name=name, tags={"kind": kind, "sweep_key": sweep_key})
-            run_id = run.info.run_id
-            self.log_params(run_id, params)
+        """The parent run of this sweep (or study): reused when it ran before (resume), else created.
+
+        Found or created under the store lock, so workers started together share one parent.
+        """
+        with store_lock(self.uri):
+            found = self._search(experiment_id, f"tags.sweep_key = '{sweep_key}' and tags.kind = '{kind}'")
+            if found:
+                run_id = found[0].info.run_id
+                self.client.update_run(run_id, status="RUNNING")
+            else:
+                run = self.client.create_run(experiment_id, run_name=name, tags={
+                    "kind": kind, "sweep_key": sweep_key, WORKER_TAG: worker_id()})
+                run_id = run.info.run_id
+                self.log_params(run_id, params)
         self.set_tags(run_id, tags)
         return run_id
 
+    def _attempts(self, experiment_id: str, trial_key: str) -> list:
+        """The runs that computed this trial (links to them left out)."""
+        return [r for r in self._search(experiment_id, f"tags.trial_key = '{trial_key}'")
+                if r.data.tags.get("kind") != KIND_TRIAL_LINK]
+
     def finished_trial(self, experiment_id: str, trial_key: str) -> Optional[str]:
-        """The run id of a FINISHED child run for this trial key, if one exists."""
-        for run in self._search(experiment_id, f"tags.trial_key = '{trial_key}'"):
+        """The run id of a FINISHED run that computed this trial key, if one exists."""
+        for run in self._attempts(experiment_id, trial_key):
             if run.info.status == "FINISHED":
                 return run.info.run_id
         return None
 
+    def _end_if_interrupted(self, run) -> bool:
+        """End a RUNNING run whose process is gone as KILLED (now its end time); False for a live process's run."""
+        if run.info.status != "RUNNING":
+            return True
+        if process_alive(run.data.tags.get(WORKER_TAG, "")):
+            return False
+        self.finish(run.info.run_id, "KILLED")
+        return True
+
     def discard_unfinished(self, experiment_id: str, trial_key: str) -> int:
-        """Delete runs of this trial left RUNNING/FAILED/KILLED by an earlier attempt, so a retry leaves one run."""
-        n = 0
-        for run in self._search(experiment_id, f"tags.trial_key = '{trial_key}'"):
-            if run.info.status != "FINISHED":
-                self.client.delete_run(run.info.run_id)
-                n += 1
-        return n
+        """Before a new attempt of this trial: end the runs earlier attempts left RUNNING when their process died
+        (KILLED, with an end time); they stay as history, and :meth:`start_child` marks them superseded.
+
+        A RUNNING run of a live process is left alone.  Returns how many runs were ended.
+        """
+        ended = 0
+        for run in self._attempts(experiment_id, trial_key):
+            if run.info.status == "RUNNING" and self._end_if_interrupted(run):
+                ended += 1
+        return ended
 
     def delete_runs(self, experiment_id: str, flt: str) -> int:
-        """Delete the runs matching a filter (e.g. a superseded result), returning how many."""
-        found = self._search(experiment_id, flt)
+        """Delete the runs matching a filter (e.g. a superseded result), returning how many.
+
+        A RUNNING run of a live process is never deleted; one of a dead process is ended as KILLED first.
+        """
+        found = [r for r in self._search(experiment_id, flt) if self._end_if_interrupted(r)]
         for run in found:
             self.client.delete_run(run.info.run_id)
         return len(found)
 
     def start_child(self, experiment_id: str, parent_id: Optional[str], name: str, trial_key: str,
                     params: dict, tags: dict, kind: str = KIND_TRIAL) -> str:
-        all_tags = {"kind": kind, "trial_key": trial_key, **tags}
+        """A child run of ``parent_id`` for one trial; earlier unfinished attempts of the key are marked superseded
+        by it (tag ``superseded_by``), so a resumed sweep shows one result per trial."""
+        all_tags = {"kind": kind, "trial_key": trial_key, **tags, WORKER_TAG: worker_id()}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
+        earlier = [r for r in self._attempts(experiment_id, trial_key)
+                   if r.info.status in ("FAILED", "KILLED") and "superseded_by" not in r.data.tags]
         run = self.client.create_run(experiment_id, run_name=name, tags={k: _str(v) for k, v in all_tags.items()})
         self.log_params(run.info.run_id, params)
+        for old in earlier:
+            self.set_tags(old.info.run_id, {"superseded_by": run.info.run_id})
         return run.info.run_id
 
+    def link_trial(self, experiment_id: str, parent_id: Optional[str], run_id: str) -> Optional[str]:
+        """List a cached trial's FINISHED run under ``parent_id`` too, when it belongs to another parent.
+
+        A lightweight ``trial-link`` child (tags ``trial_key`` and ``linked_run_id``, the same params and final
+        metrics, no artifacts) is created once per parent; returns its id, or None when no link is needed.
+        """
+        run = self.client.get_run(run_id)
+        if not parent_id or run.data.tags.get("mlflow.parentRunId") == parent_id:
+            return None
+        for link in self._search(experiment_id, f"tags.linked_run_id = '{run_id}'"):
+            if link.data.tags.get("mlflow.parentRunId") != parent_id:
+                continue
+            if link.info.status == "FINISHED":
+                return link.info.run_id
+            self._end_if_interrupted(link)  # its process died while writing it: KILLED, and a new one follows
+        tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") and k != "superseded_by"}
+        tags.update({"kind": KIND_TRIAL_LINK, "linked_run_id": run_id, "mlflow.parentRunId": parent_id,
+                     WORKER_TAG: worker_id()})
+        link = self.client.create_run(experiment_id, run_name=run.info.run_name, tags=tags)
+        self.log_params(link.info.run_id, run.data.params)
+        self.log_metrics(link.info.run_id, run.data.metrics)
+        self.finish(link.info.run_id)
+        return link.info.run_id
+
     def start_run(self, experiment_id: str, name: str, kind: str, params: dict, tags: dict) -> str:
-        run = self.client.create_run(experiment_id, run_name=name,
-                                     tags={"kind": kind, **{k: _str(v) for k, v in tags.items()}})
+        run = self.client.create_run(experiment_id, run_name=name, tags={
+            "kind": kind, **{k: _str(v) for k, v in tags.items()}, WORKER_TAG: worker_id()})
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 

@@ -17,11 +17,31 @@ command resumes the study: finished trials are kept, a trial interrupted by a ki
 allocation queued again, and the study is topped up to ``tune.trials`` finished trials.  MLflow holds a parent run
 per study and a child run per trial (sampled ratios as params, per-epoch accuracy as step metrics), with the
 study's plots as artifacts.
+
+Parallel workers: several ``prunebench tune`` processes on one study (a shared storage) split its work.
+
+* ``tune.trials`` counts the study's finished (complete or pruned) trials, whatever the number of workers.  A
+  worker starts a trial only while the finished trials plus those other live workers are running stay below it;
+  that count and the new trial's creation happen under a file lock in the study's work folder, so workers on one
+  machine stop at exactly ``tune.trials``.  (Optuna's ``MaxTrialsCallback`` could only stop a worker *after* its
+  trial, letting each other worker overshoot by one.)  Workers on other machines (PostgreSQL) do not share that
+  lock: two of them may start the last trial together, so the total can exceed ``tune.trials`` by at most the
+  number of workers minus one.  A trial that fails frees its slot (its worker then runs another); one left
+  RUNNING by a worker killed on another machine holds its slot until a ``tune`` there recovers it.  The locks
+  are files under ``models/tune/``: they coordinate the workers that share one project folder.
+* Sampling: every trial gets a fresh sampler seeded from ``params.seed`` and its trial number.  Trial numbers are
+  unique in a study, so workers and resumed runs never repeat each other's draws, and a study stays reproducible
+  from its inputs: with the random sampler trial *n* draws the same allocation whichever worker runs it; TPE and
+  NSGA-II also depend on the trials finished before it, which with several workers depends on timing.
+* The end of a study (the untuned trial, the best allocation's full finetune, plots, summary) runs one worker at a
+  time under a second lock, after waiting for the trials this machine's other workers are running: every worker
+  sees the same best trial, the first does the work and the others reuse its finished results.
+* A trial RUNNING in Optuna (or MLflow) counts as interrupted only when its process (``host:pid``) is gone from
+  this machine; a live worker's trial and run are never touched.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import time
@@ -33,20 +53,24 @@ from typing import Optional
 from . import pipeline, stages
 from .config import Params
 from .pipeline import FLOW, TASK, Trial  # noqa: E402  (pipeline sets Prefect's defaults first)
+from .tracking import process_alive, store_lock, worker_id  # noqa: E402
+from pruning import fileio  # noqa: E402
+from pruning.errors import PruneBenchError, first_line  # noqa: E402
+from pruning.fileio import write_json  # noqa: E402
 from prefect import flow, task  # noqa: E402
+import optuna  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 TUNE_DIR = Path("models/tune")
 TUNED_PATH = Path("reports/tuned.json")
 STUDY_DIR = Path("reports/tune")
 PARAM_RATIO = "ratio."
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+WORKER_ATTR = "worker"
 
 
 # --------------------------------------------------------------------------- checks before any study starts
 def open_storage(url: str):
     """Optuna storage for ``sqlite:///...``, ``postgresql://...`` (any SQLAlchemy URL) or ``journal:<file>``."""
-    import optuna
-    from pruning.errors import PruneBenchError
     try:
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
@@ -56,11 +80,11 @@ def open_storage(url: str):
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         if "://" not in url:
             raise ValueError("expected sqlite:///<file>, postgresql://user:pass@host/db or journal:<file>")
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), store_lock(url):  # two workers creating one SQLite schema collide
             warnings.simplefilter("ignore")
             return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
     except Exception as e:  # optuna/SQLAlchemy raise many types (ArgumentError, OperationalError, ImportError, ...)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise PruneBenchError(f"cannot open the Optuna storage {url!r}: {reason}")
 
 
@@ -70,7 +94,6 @@ def _engine_kwargs(url: str) -> dict:
 
 def check(params: Params, speedup: Optional[float]) -> list[str]:
     """Everything that can be wrong before a study starts; returns the layer-group names of the search space."""
-    from pruning.errors import PruneBenchError
     t = params.tune
     if speedup is not None and not speedup > 1:
         raise PruneBenchError(f"speedup must be > 1 (dense MACs / pruned MACs), got {speedup:g}")
@@ -126,20 +149,60 @@ def study_name(p: Params, method: str, speedup: Optional[float], key: str) -> st
     return f"{p.model.name.replace('/', '-')}-{stages.dataset_slug(p.data.dataset)}-{method}-{target}-{key[:8]}"
 
 
-def _sampler(p: Params):
-    import optuna
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Samples each trial with a fresh sampler seeded from ``seed`` and the trial's number (see the module doc).
+
+    One seed for a whole run would make every worker, and every resumed run, draw the same sequence; the trial
+    number is unique in the study and known before anything is sampled.  Samplers keep their state between trials
+    in the study's storage (TPE reads the finished trials, NSGA-II its generations), so a fresh one per trial
+    samples as the long-lived one would.
+    """
+
+    def __init__(self, make, seed: int):
+        self._make = make          # seed -> a sampler
+        self._seed = seed
+        self._by_trial: dict = {}  # trial number -> its sampler, until the trial ends
+
+    def for_trial(self, number: int):
+        if number not in self._by_trial:
+            self._by_trial[number] = self._make(int(pipeline.make_key("sampler", self._seed, number)[:8], 16))
+        return self._by_trial[number]
+
+    def infer_relative_search_space(self, study, trial):
+        return self.for_trial(trial.number).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.for_trial(trial.number).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.for_trial(trial.number).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self.for_trial(trial.number).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.for_trial(trial.number).after_trial(study, trial, state, values)
+        self._by_trial.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:
+        """Nothing to do: every trial's seed is fixed by its number."""
+
+
+def _sampler(p: Params) -> TrialSeededSampler:
     kind = p.tune.sampler
     if kind == "random":
-        return optuna.samplers.RandomSampler(seed=p.seed)
+        return TrialSeededSampler(lambda seed: optuna.samplers.RandomSampler(seed=seed), p.seed)
     if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=p.seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # multivariate TPE is flagged experimental
-        return optuna.samplers.TPESampler(seed=p.seed, multivariate=True, n_startup_trials=min(5, p.tune.trials))
+        return TrialSeededSampler(lambda seed: optuna.samplers.NSGAIISampler(seed=seed), p.seed)
+
+    def tpe(seed: int):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # multivariate TPE is flagged experimental
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(5, p.tune.trials))
+    return TrialSeededSampler(tpe, p.seed)
 
 
 def _pruner(p: Params, multi: bool):
-    import optuna
     if multi or p.tune.pruner == "none":  # Optuna's pruners work on a single objective only
         return optuna.pruners.NopPruner()
     if p.tune.pruner == "hyperband":
@@ -149,7 +212,6 @@ def _pruner(p: Params, multi: bool):
 
 
 def load_study(s: Study):
-    import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions = ["maximize", "minimize"] if s.multi else ["maximize"]
     study = optuna.create_study(study_name=s.name, storage=open_storage(s.params.tune.storage), load_if_exists=True,
@@ -157,8 +219,7 @@ def load_study(s: Study):
                                 pruner=_pruner(s.params, s.multi))
     if study.directions != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else
                             optuna.study.StudyDirection.MINIMIZE for d in directions]:
-        from pruning.errors import PruneBenchError
-        raise PruneBenchError(f"study {s.name!r} exists with other objectives; pick another --study-name")
+            raise PruneBenchError(f"study {s.name!r} exists with other objectives; pick another --study-name")
     for k, v in {"method": s.method, "speedup": s.speedup, "groups": s.groups, "key": s.key,
                  "model": s.params.model.name, "dataset": s.params.data.dataset}.items():
         study.set_user_attr(k, v)
@@ -166,15 +227,16 @@ def load_study(s: Study):
 
 
 def recover_interrupted(study, s: Study, tracker) -> int:
-    """Trials left RUNNING by a killed process on this machine: mark them failed, queue their allocation again."""
+    """Trials left RUNNING by a killed process on this machine: mark them failed, queue their allocation again.
+
+    Called under the study's slot lock, so a trial another worker has just created (its worker not yet recorded)
+    is never taken for an interrupted one.
+    """
     from optuna.trial import TrialState
-    host = socket.gethostname()
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker", "")
-        w_host, _, w_pid = worker.partition(":")
-        if w_host != host or not w_pid.isdigit() or _alive(int(w_pid)):
-            continue  # another machine's worker, or still running here
+        if process_alive(t.user_attrs.get(WORKER_ATTR, "")):
+            continue  # still running here, or another machine's worker
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         if t.params and not t.user_attrs.get("requeued"):
@@ -187,19 +249,41 @@ def recover_interrupted(study, s: Study, tracker) -> int:
     return n
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: existence check only
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        pass
-    return True
-
-
 def finished(study) -> int:
     from optuna.trial import TrialState
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def running(study, this_host_only: bool = False) -> list:
+    """Trials a live worker is running (another machine's count as live: they cannot be checked from here)."""
+    from optuna.trial import TrialState
+    host = socket.gethostname()
+    found = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get(WORKER_ATTR, "")
+        if process_alive(worker) and (not this_host_only or worker.partition(":")[0] == host):
+            found.append(t)
+    return found
+
+
+def taken(study) -> int:
+    """The slots of ``tune.trials`` already spoken for: finished trials and those live workers are running."""
+    return finished(study) + len(running(study))
+
+
+def slot_lock(s: "Study") -> FileLock:
+    """Held while a worker counts the study's trials and creates its next one (and while it recovers)."""
+    return FileLock(s.work / "slots.lock")
+
+
+def finish_lock(s: "Study") -> FileLock:
+    """Held by the one worker finishing the study: untuned trial, final finetune, plots, summary."""
+    return FileLock(s.work / "finish.lock")
+
+
+def setup_lock() -> FileLock:
+    """Held while preparing data, the dense baseline and sparse checkpoints that workers started together share."""
+    return FileLock(TUNE_DIR / "setup.lock")
 
 
 # --------------------------------------------------------------------------- one trial
@@ -265,11 +349,8 @@ def trial_task(s: Study, number: int, trial, allocation: dict, protect: float, s
 
 
 def objective(s: Study, tracker):
-    import optuna
-
     def run(trial):
         allocation, protect, steps = sample(trial, s)
-        trial.set_user_attr("worker", WORKER)
         p = s.params
         params = {"method": s.method, "speedup_target": s.speedup, "objective": "multi" if s.multi else "single",
                   "protect": protect, "iterative_steps": steps, "tune_epochs": p.tune.epochs,
@@ -379,7 +460,8 @@ def study_plots(study, s: Study, out: Path) -> list[Path]:
                 ax = make()
             fig = (ax if hasattr(ax, "savefig") else getattr(ax, "figure", None) or plt.gcf())
             path = out / f"{name}.png"
-            fig.savefig(path, dpi=80, bbox_inches="tight")
+            with fileio.atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=80, bbox_inches="tight", format="png")
             files.append(path)
         except Exception as e:  # e.g. importances need two finished trials with varying parameters
             pipeline.REPORTER.message(f"study plot {name} skipped: {type(e).__name__}: {e}")
@@ -399,10 +481,14 @@ def trial_rows(study) -> list[dict]:
 
 
 def record_tuned(entry: dict, path: Path = TUNED_PATH) -> None:
-    """Add (or replace) this study's tuned trial in ``reports/tuned.json``, which the leaderboard reads."""
-    tuned = json.loads(path.read_text()) if path.is_file() else {}
-    tuned[f"{entry['model']}/{entry['dataset']}/{entry['method']}@{entry['speedup_target']:g}x"] = entry
-    pipeline._write_json(path, tuned)
+    """Add (or replace) this study's tuned trial in ``reports/tuned.json``, which the leaderboard reads.
+
+    Read, changed and written under a lock: workers finishing different studies share the file.
+    """
+    with FileLock(TUNE_DIR / "tuned.lock"):
+        tuned = json.loads(path.read_text()) if path.is_file() else {}
+        tuned[f"{entry['model']}/{entry['dataset']}/{entry['method']}@{entry['speedup_target']:g}x"] = entry
+        write_json(path, tuned)
 
 
 # --------------------------------------------------------------------------- the flow
@@ -419,7 +505,8 @@ def tune_flow(params: dict, methods: list, speedup: Optional[float] = None, tria
     multi = p.tune.multi_objective
     target = None if multi else float(speedup or p.tune.speedup)
     groups = groups or check(p, target)
-    dense = pipeline.baseline(p)
+    with setup_lock():  # workers started together on a fresh project prepare and pretrain once
+        dense = pipeline.baseline(p)
     tracker = pipeline._tracker(pipeline._uri(p))
     data = pipeline.data_version(p)
     dense_hash = pipeline.file_digest(dense)
@@ -436,26 +523,80 @@ def tune_flow(params: dict, methods: list, speedup: Optional[float] = None, tria
             "steps_choices": p.tune.steps, "tune_epochs": p.tune.epochs, "sampler": p.tune.sampler,
             "pruner": p.tune.pruner, "storage": p.tune.storage, "optuna_study": sname, "model": p.model.name,
             "dataset": p.data.dataset, "seed": p.seed}, tags, kind=KIND_STUDY)
-        sp = pipeline.sparsified(p, method, str(dense), dense_hash, data["content"], str(pipeline.TRIALS_DIR))
+        with setup_lock():
+            sp = pipeline.sparsified(p, method, str(dense), dense_hash, data["content"], str(pipeline.TRIALS_DIR))
         s = Study(p, method, target, key, sname, groups, sp["checkpoint"], exp, parent, tags)
         results.append(run_study(s, tracker, dense, dense_hash, data, trials or p.tune.trials, final and not multi))
     return results
 
 
 def run_study(s: Study, tracker, dense: Path, dense_hash: str, data: dict, trials: int, final: bool) -> dict:
-    import optuna
+    """Top the study up to ``trials`` finished trials (shared with any other workers), then finish it."""
     study = load_study(s)
-    recovered = recover_interrupted(study, s, tracker)
-    todo = max(0, trials - finished(study))
+    with slot_lock(s):
+        recovered = recover_interrupted(study, s, tracker)
+        todo = max(0, trials - taken(study))
     pipeline.REPORTER.message(f"study {s.name}: {finished(study)} finished trial(s) in {s.params.tune.storage}"
                      + (f", {recovered} interrupted trial(s) queued again" if recovered else "")
                      + f"; running {todo} more")
     pipeline.REPORTER.sweep_start(todo, f"study {s.method}")
     start = time.perf_counter()
-    if todo:
-        study.optimize(objective(s, tracker), n_trials=todo, timeout=s.params.tune.timeout, catch=(Exception,),
-                       gc_after_trial=False)
+    run_trials(study, s, tracker, trials, todo)
     seconds = time.perf_counter() - start
+    wait_for_workers(study)
+    with finish_lock(s):  # one worker at a time; the next finds the untuned trial and final finetune done
+        return finish_study(study, s, tracker, dense, dense_hash, data, seconds, final)
+
+
+def run_trials(study, s: Study, tracker, target: int, limit: int) -> None:
+    """Ask and run trials while the study's finished plus running trials stay below ``target``, at most
+    ``limit`` of them (failed trials count here, so an objective that always fails ends) and not past
+    ``tune.timeout`` seconds."""
+    run = objective(s, tracker)
+    timeout = s.params.tune.timeout
+    started = time.monotonic()
+    for _ in range(limit):
+        if timeout is not None and time.monotonic() - started >= timeout:
+            return
+        with slot_lock(s):  # the count and the new trial as one step: workers on this machine never overshoot
+            if taken(study) >= target:
+                return
+            trial = study.ask()
+            trial.set_user_attr(WORKER_ATTR, worker_id())
+        tell(study, trial, run)
+
+
+def tell(study, trial, run) -> None:
+    """Run one trial and tell Optuna how it ended; a failure is recorded (its MLflow run says why) and the
+    study goes on, as ``study.optimize(catch=(Exception,))`` would."""
+    from optuna.trial import TrialState
+    try:
+        values = run(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    except Exception as e:
+        study.tell(trial, state=TrialState.FAIL)
+        pipeline.REPORTER.message(f"trial {trial.number} failed: {type(e).__name__}: {e}")
+    except BaseException:  # Ctrl-C: the trial failed, the run stops
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    else:
+        study.tell(trial, values)
+
+
+def wait_for_workers(study, poll: float = 2.0) -> None:
+    """Until this machine's other workers have ended their trials, so every worker picks the same best trial."""
+    others = running(study, this_host_only=True)
+    if others:
+        pipeline.REPORTER.message(f"waiting for {len(others)} trial(s) other workers are running")
+    while others:
+        time.sleep(poll)
+        others = running(study, this_host_only=True)
+
+
+def finish_study(study, s: Study, tracker, dense: Path, dense_hash: str, data: dict, seconds: float,
+                 final: bool) -> dict:
+    """Summary, best trial, the final comparison, plots; the parent run ends FINISHED."""
     states = {st.name.lower(): len(study.get_trials(deepcopy=False, states=(st,)))
               for st in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                          optuna.trial.TrialState.FAIL)}
@@ -470,7 +611,6 @@ def run_study(s: Study, tracker, dense: Path, dense_hash: str, data: dict, trial
     else:
         best = best_trial(study, s)
         if best is None:
-            from pruning.errors import PruneBenchError
             tracker.finish(s.parent_run_id, "FAILED")
             raise PruneBenchError(f"study {s.name}: no trial completed ({states}); see MLflow for the errors")
         allocation, protect, steps = allocation_of(best, s)
@@ -483,7 +623,7 @@ def run_study(s: Study, tracker, dense: Path, dense_hash: str, data: dict, trial
     out = STUDY_DIR / s.name
     for plot in study_plots(study, s, out):
         tracker.log_artifact(s.parent_run_id, plot, "study")
-    pipeline._write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     tracker.log_artifact(s.parent_run_id, out / "summary.json", "study")
     tracker.finish(s.parent_run_id)
     return summary
@@ -499,7 +639,7 @@ def compare_with_untuned(s: Study, tracker, best, dense: Path, dense_hash: str, 
     final_key = f"{s.key}:final:{best.number}"
     done = s.work / "final" / f"result-{best.number}.json"
     if done.is_file() and tracker.finished_trial(s.experiment_id, final_key):  # this best was finetuned already
-        entry = pipeline._read_json(done)
+        entry = fileio.read_json(done)
         record_tuned(entry)
         return _comparison(entry, plain)
     # an earlier best, or an interrupted final finetune
@@ -537,7 +677,7 @@ def compare_with_untuned(s: Study, tracker, best, dense: Path, dense_hash: str, 
     tracker.log_history(run_id, "finetune", entry["finetune_history"])
     tracker.log_artifact(run_id, final["checkpoint"], "checkpoint")
     tracker.finish(run_id)
-    pipeline._write_json(done, entry)
+    write_json(done, entry)
     record_tuned(entry)
     comparison = _comparison(entry, plain)
     tracker.log_metrics(s.parent_run_id, {k: v for k, v in comparison.items() if isinstance(v, (int, float))})

@@ -85,9 +85,9 @@ def test_a_killed_benchmark_resumes_without_rerunning_or_duplicating(tmp_path):
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         found = list((proj / "models/trials").glob("*/result.json"))
-        if found:
+        started = [d for d in (proj / "models/trials").glob("*") if d.is_dir() and len(d.name) == 16]
+        if found and len(started) == 2:  # the first trial finished, the second's run is RUNNING: kill mid-sweep
             first = found[0]
-            time.sleep(1.0)  # let it log the finished run, then kill mid-sweep
             break
         time.sleep(0.2)
     assert first is not None, proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "timeout"
@@ -105,13 +105,18 @@ def test_a_killed_benchmark_resumes_without_rerunning_or_duplicating(tmp_path):
     assert len(results) == 2
 
     c, all_runs = runs(proj)
-    children = [r for r in all_runs if r.data.tags.get("kind") == "trial"]
+    trial_runs = [r for r in all_runs if r.data.tags.get("kind") == "trial"]
+    children = [r for r in trial_runs if r.info.status == "FINISHED"]  # the results
     keys = [r.data.tags["trial_key"] for r in children]
-    assert len(keys) == len(set(keys)) == 2, [(r.info.run_name, r.info.status) for r in children]
-    assert all(r.info.status == "FINISHED" for r in children)
+    assert len(keys) == len(set(keys)) == 2, [(r.info.run_name, r.info.status) for r in trial_runs]
+    killed = [r for r in trial_runs if r.info.status != "FINISHED"]
+    assert len(killed) == 1  # the run the kill interrupted is kept as history, with its true status and end ...
+    assert killed[0].info.status == "KILLED" and killed[0].info.end_time
+    retry = next(r for r in children if r.data.tags["trial_key"] == killed[0].data.tags["trial_key"])
+    assert killed[0].data.tags["superseded_by"] == retry.info.run_id  # ... pointing at the run that replaced it
     parents = [r for r in all_runs if r.data.tags.get("kind") == "benchmark"]
     assert len(parents) == 1  # the resumed sweep reuses its parent run
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {parents[0].info.run_id}
 
     # a third run trains nothing and creates no run
     again = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=600)
