@@ -268,20 +268,32 @@ def bad_inputs(parallel: int = 2) -> dict:
 
 
 # --------------------------------------------------------------------------- kills
-def prefect_servers() -> set:
-    """PIDs of Prefect servers (uvicorn serving prefect.server) on this machine."""
+def prefect_servers(prefect_home: str) -> set:
+    """PIDs of the Prefect servers of one project (its own ``PREFECT_HOME``): other users' servers are not ours."""
     import psutil
     pids = set()
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "uvicorn" in cmd and "prefect.server" in cmd:
-            pids.add(p.info["pid"])
+        if "prefect.server" not in cmd:
+            continue
+        try:
+            if p.environ().get("PREFECT_HOME") == prefect_home:
+                pids.add(p.info["pid"])
+        except psutil.Error:
+            pass
     return pids
+
+
+def servers_left(prefect_home: str, patience: float = 30.0) -> set:
+    """The project's servers still alive after ``patience`` seconds (a graceful shutdown may take a few)."""
+    deadline = time.time() + patience
+    while (left := prefect_servers(prefect_home)) and time.time() < deadline:
+        time.sleep(1)
+    return left
 
 
 def run_killed(cmd: list, proj: Path, env: dict, kills: int, window: tuple, rng: random.Random) -> dict:
     """``kill -9`` the command ``kills`` times at random moments in ``window`` seconds, then let it finish."""
-    servers_before = prefect_servers()
     moments, orphans = [], 0
     for _ in range(kills):
         moment = rng.uniform(*window)
@@ -294,8 +306,7 @@ def run_killed(cmd: list, proj: Path, env: dict, kills: int, window: tuple, rng:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        time.sleep(5)  # a server that dies with its parent is gone by now
-        left = prefect_servers() - servers_before
+        left = servers_left(env["PREFECT_HOME"])
         orphans += len(left)
         for pid in left:  # clean up so the next round starts equal
             os.kill(pid, 9)
@@ -303,6 +314,12 @@ def run_killed(cmd: list, proj: Path, env: dict, kills: int, window: tuple, rng:
     final = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     return {"moments": moments, "kills": sum(m["killed"] for m in moments), "orphaned_servers": orphans,
             "final_exit": final.returncode, "final_stderr_tail": final.stderr[-1500:] if final.returncode else ""}
+
+
+def by_name(proj: Path) -> dict:
+    """The benchmark's trials by ``method@speedup/scope`` (what an uninterrupted run is compared on)."""
+    trials = json.loads((proj / "reports/benchmark.json").read_text())["trials"]
+    return {f"{t['method']}@{t['speedup_target']:g}x/{t['scope']}": t for t in trials}
 
 
 def mlflow_runs(proj: Path) -> list:
@@ -319,11 +336,11 @@ def kill_benchmark(tmp: Path, kills: int, rng: random.Random) -> dict:
     set_profile(reference_proj)
     done = subprocess.run(cmd, cwd=reference_proj, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    reference = {t["trial_key"]: t for t in json.loads((reference_proj / "reports/benchmark.json").read_text())["trials"]}
+    reference = by_name(reference_proj)
     proj, env = project(tmp / "killed", quick)
     set_profile(proj)
     outcome = run_killed(cmd, proj, env, kills, (8, 70), rng)
-    trials = {t["trial_key"]: t for t in json.loads((proj / "reports/benchmark.json").read_text())["trials"]}
+    trials = by_name(proj)
     runs = [r for r in mlflow_runs(proj) if r.data.tags.get("kind") == "trial"]
     finished = {}
     for r in runs:
@@ -332,12 +349,14 @@ def kill_benchmark(tmp: Path, kills: int, rng: random.Random) -> dict:
     lost = sorted(set(reference) - set(trials))
     differ = sorted(k for k in reference if k in trials and
                     trials[k].get("acc_finetuned") != reference[k].get("acc_finetuned"))
+    same_keys = sorted(k for k in reference if k in trials and trials[k]["trial_key"] == reference[k]["trial_key"])
     duplicated = sorted(k for k, ids in finished.items() if len(ids) > 1)
-    unlogged = sorted(k for k in reference if k not in finished)
+    unlogged = sorted(k for k, t in trials.items() if t["trial_key"] not in finished)
     running = sum(r.info.status == "RUNNING" for r in runs)
     ok = outcome["final_exit"] == 0 and not (lost or differ or duplicated or unlogged or running
                                              or outcome["orphaned_servers"])
-    return {**outcome, "trials": len(reference), "lost": lost, "results_differ": differ, "duplicated": duplicated,
+    return {**outcome, "trials": len(reference), "same_trial_keys": len(same_keys), "lost": lost,
+            "results_differ": differ, "duplicated": duplicated,
             "not_in_mlflow": unlogged, "runs_left_running": running, "ok": ok}
 
 
