@@ -330,7 +330,9 @@ def mlflow_runs(proj: Path) -> list:
 
 
 def kill_benchmark(tmp: Path, kills: int, rng: random.Random) -> dict:
-    quick = {"benchmark": {"methods": ["l2", "taylor", "l2+group_norm"], "speedups": [2, 4]}}
+    # enough work (12 trials) that every kill lands mid-sweep, also after earlier kills left trials finished
+    quick = {"benchmark": {"methods": ["l2", "taylor", "l2+group_norm", "random", "fpgm", "lamp"],
+                           "speedups": [2, 4]}}
     cmd = [PRUNEBENCH, "benchmark", "--no-leaderboard"]
     reference_proj, env = project(tmp / "reference", quick)
     set_profile(reference_proj)
@@ -339,7 +341,7 @@ def kill_benchmark(tmp: Path, kills: int, rng: random.Random) -> dict:
     reference = by_name(reference_proj)
     proj, env = project(tmp / "killed", quick)
     set_profile(proj)
-    outcome = run_killed(cmd, proj, env, kills, (8, 70), rng)
+    outcome = run_killed(cmd, proj, env, kills, (8, 40), rng)
     trials = by_name(proj)
     runs = [r for r in mlflow_runs(proj) if r.data.tags.get("kind") == "trial"]
     finished = {}
@@ -360,14 +362,14 @@ def kill_benchmark(tmp: Path, kills: int, rng: random.Random) -> dict:
             "not_in_mlflow": unlogged, "runs_left_running": running, "ok": ok}
 
 
-def kill_study(tmp: Path, kills: int, rng: random.Random, trials: int = 6) -> dict:
+def kill_study(tmp: Path, kills: int, rng: random.Random, trials: int = 10) -> dict:
     import optuna
     from optuna.trial import TrialState
     proj, env = project(tmp / "study")
     set_profile(proj)
     cmd = [PRUNEBENCH, "tune", "--method", "l2", "--speedup", "2", "--trials", str(trials), "--storage",
            "sqlite:///optuna.db"]
-    outcome = run_killed(cmd, proj, env, kills, (10, 60), rng)
+    outcome = run_killed(cmd, proj, env, kills, (10, 40), rng)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     summaries = optuna.get_all_study_summaries(f"sqlite:///{proj / 'optuna.db'}")
     study = optuna.load_study(study_name=summaries[0].study_name, storage=f"sqlite:///{proj / 'optuna.db'}")
