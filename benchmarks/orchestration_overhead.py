@@ -131,7 +131,7 @@ def repro() -> dict:
         metrics = json.loads((proj / "reports/metrics.json").read_text())
         return {"wall_s": round(wall, 1), "peak_rss_gb": round(mem, 2), "trials": metrics["trials"],
                 "trials_failed": metrics["trials_failed"], "acc_dense": metrics["acc_dense"],
-                "kendall_tau_mean": metrics["kendall_tau_mean"], "load_avg": os.getloadavg(),
+                "kendall_tau_mean": metrics.get("kendall_tau_mean"), "load_avg": os.getloadavg(),
                 "leaderboard": (proj / "reports/leaderboard.md").read_text()}
 
 

@@ -233,6 +233,19 @@ def run_flow(fn, uri, *args, **kwargs):
         return run_guarded(fn, *args, **kwargs)
 
 
+@app.command("params")
+def resolve_params(out: Path = typer.Option(Path("params"), "--out", help="folder for <stage>.json"),
+                   params_file: Optional[Path] = PARAMS, profile: Optional[str] = PROFILE):
+    """Write each DVC stage's effective params (profile applied) to <out>/<stage>.json, the stage's only input."""
+    from pruning import fileio
+
+    from .config import STAGE_PARAMS, stage_params
+    params = load(params_file, profile)
+    for stage in STAGE_PARAMS:
+        path = run_guarded(fileio.write_json, Path(out) / f"{stage}.json", stage_params(params, stage), indent=2)
+        typer.echo(f"{stage}: {path}", err=True)
+
+
 @app.command()
 def prepare(params_file: Optional[Path] = PARAMS, profile: Optional[str] = PROFILE):
     """Materialise the dataset into data/<name>/ (a DVC output)."""

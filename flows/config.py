@@ -88,9 +88,14 @@ class EvaluateParams(_Section):
     latency_repeats: int = Field(20, ge=1)
 
 
+# PruningBench's method set: the built-in default, equal to params.yaml's (a profile's value is judged against it)
+ALL_METHODS = ["random", "l1", "l2", "fpgm", "lamp", "bnscale", "taylor", "hessian", "obdc", "hrank", "thinet", "cp",
+               "bnscale+bnscale_reg", "bnscale+group_lasso", "l2+group_norm", "l2+growing_reg", "l2+group_lasso"]
+
+
 class BenchmarkParams(_Section):
-    methods: List[str] = Field(default_factory=lambda: ["l2"], min_length=1)
-    speedups: List[float] = Field(default_factory=lambda: [2.0], min_length=1)
+    methods: List[str] = Field(default_factory=lambda: list(ALL_METHODS), min_length=1)
+    speedups: List[float] = Field(default_factory=lambda: [2.0, 4.0], min_length=1)
     scopes: List[str] = Field(default_factory=lambda: ["protected"], min_length=1)
     concurrency: int = Field(1, ge=1)       # trials (grouped by method) run at once
     dask_address: Optional[str] = None      # spread trials with prefect-dask: "local" or a scheduler address
@@ -273,7 +278,9 @@ def load_params(path: str | Path = "params.yaml", profile: Optional[str] = None,
     raw = read_yaml(path) if path.exists() or required else {}
     profile = profile or raw.get("profile")
     if profile:
-        raw = deep_merge(raw, _profile(raw, profile, path))
+        chosen = _profile(raw, profile, path)
+        refuse_conflicts(raw, chosen, profile, path)
+        raw = deep_merge(raw, chosen)
         raw["profile"] = profile
     raw = deep_merge(raw, overrides or {})
     try:
@@ -321,6 +328,57 @@ def _profile(raw: dict, name: str, path: Path) -> dict:
         raise PruneBenchError(f"{path}: profiles.{name} must be a mapping of stage sections (like "
                               f"{{pretrain: {{epochs: 2}}}}), not {profiles[name]!r}")
     return profiles[name]
+
+
+def refuse_conflicts(raw: dict, profile_values: dict, profile: str, path: Path) -> None:
+    """A value the user set in params.yaml (not the built-in default) that the profile would silently replace
+    with another value is refused, naming the key, both values and the ways out."""
+    defaults = Params().model_dump()
+    for key, own, theirs in _overlaps(raw, profile_values):
+        default = _lookup(defaults, key)
+        if default is not _MISSING and own != default and own != theirs:
+            raise PruneBenchError(
+                f"{path} sets {key}: {own!r} but profile {profile!r} sets {key}: {theirs!r}; keep one of them "
+                f"(set {key} in profiles.{profile}, or restore its default {default!r}, or run without the profile)")
+
+
+_MISSING = object()
+
+
+def _overlaps(raw: dict, profile_values: dict, prefix: str = ""):
+    """(dotted key, params.yaml value, profile value) for every leaf the profile sets and params.yaml also holds."""
+    for name, theirs in profile_values.items():
+        key, own = f"{prefix}{name}", raw.get(name, _MISSING) if isinstance(raw, dict) else _MISSING
+        if own is _MISSING:
+            continue
+        if isinstance(theirs, dict) and isinstance(own, dict):
+            yield from _overlaps(own, theirs, f"{key}.")
+        else:
+            yield key, own, theirs
+
+
+def _lookup(tree, dotted: str):
+    for name in dotted.split("."):
+        if not isinstance(tree, dict) or name not in tree:
+            return _MISSING  # an unknown key: validation names it
+        tree = tree[name]
+    return tree
+
+
+# What each DVC stage's command reads, after the profile is applied: `prunebench params` writes it to
+# params/<stage>.json, the stage runs on that file alone, and DVC reruns a stage only when its file changes.
+STAGE_PARAMS = {
+    "prepare": {"data": {"dataset", "root", "download", "prepared_dir"}},
+    "pretrain": {"seed": True, "data": True, "model": True, "pretrain": True},
+    "benchmark": {"seed": True, "data": True, "model": True, "pretrain": True,  # pretrain: is dense.pt current?
+                  "sparsify": True, "prune": True, "finetune": True, "evaluate": True, "benchmark": True,
+                  "tracking": True},
+}
+
+
+def stage_params(params: Params, stage: str) -> dict:
+    """The effective values one stage reads (JSON-ready; validated again when the stage loads them)."""
+    return params.model_dump(mode="json", include=STAGE_PARAMS[stage])
 
 
 def format_errors(error: ValidationError, path: Path) -> str:

@@ -212,20 +212,52 @@ def flat_metrics(summary: dict, rows: list[dict]) -> dict:
     return m
 
 
+def series_name(summary: dict, method: str, scope: str) -> str:
+    """A method's name in metrics and plots: ``l2``, or ``l2@global`` when the benchmark ran several scopes, and
+    ``l2@tuned`` for a tuned row, so that adding tuned rows never renames the untuned ones."""
+    untuned_scopes = [s for s in summary.get("scopes", []) if s != TUNED]
+    return method if scope != TUNED and len(untuned_scopes) <= 1 else f"{method}@{scope}"
+
+
+def speedup_key(speedup_target) -> str:
+    """``x2``, ``x2_5``: no dot, which DVC would read as one more level of nesting."""
+    return f"x{float(speedup_target):g}".replace(".", "_")
+
+
+METRIC_FIELDS = ("acc_finetuned", "acc_pruned", "delta_acc", "speedup", "params_kept", "latency_speedup")
+
+
 def metrics_json(summary: dict, rows: list[dict]) -> dict:
-    """DVC metrics: dense accuracy, per method and speedup accuracy/delta/speedup, rank consistency."""
+    """DVC metrics, numbers only (``dvc exp show`` flattens the nesting into ``l2.x2.acc_finetuned``): dense
+    accuracy, trial counts, rank consistency, and per method and speedup the accuracy, its change, the speedup
+    reached, the share of params kept and the latency speedup; a failed trial is ``failed: 1``."""
     tau = rank_consistency(summary)
-    per = {}
+    metrics = {"acc_dense": summary["acc_dense"], "trials": len(summary["trials"]),
+               "trials_failed": sum(t.get("status") != "ok" for t in summary["trials"])}
+    if tau["mean"] is not None:
+        metrics["kendall_tau_mean"] = round(tau["mean"], 4)
     for r in long_rows(summary):
-        name = r["method"] if len(summary.get("scopes", [])) <= 1 else f"{r['method']}@{r['scope']}"
-        entry = {"status": r["status"]}
+        entry = {"failed": int(r["status"] != "ok")}
         if r["status"] == "ok":
-            entry.update(acc=round(r["acc_finetuned"], 4), delta=round(r["delta_acc"], 4),
-                         speedup=round(r["speedup"], 4), params_kept=round(r["params_kept"], 4))
-        per.setdefault(name, {})[f"{r['speedup_target']:g}x"] = entry
-    return {"acc_dense": summary["acc_dense"], "trials": len(summary["trials"]),
-            "trials_failed": sum(t.get("status") != "ok" for t in summary["trials"]),
-            "kendall_tau_mean": tau["mean"], "methods": per}
+            entry.update({k: round(r[k], 4) for k in METRIC_FIELDS if isinstance(r.get(k), (int, float))})
+        name = series_name(summary, r["method"], r["scope"])
+        metrics.setdefault(name, {})[speedup_key(r["speedup_target"])] = entry
+    return metrics
+
+
+PLOT_COLUMNS = ["method", "criterion", "sparsifier", "scope", "speedup_target", "speedup", "acc_dense",
+                "acc_pruned", "acc_finetuned", "delta_acc", "params_kept", "macs_kept", "latency_speedup"]
+
+
+def plot_rows(summary: dict) -> list[list]:
+    """DVC plot data in long form, one row per finished trial: the chart colours by ``method``."""
+    ok = sorted((r for r in long_rows(summary) if r["status"] == "ok"),
+                key=lambda r: (r["method"], r["scope"], float(r["speedup_target"])))
+    rows = []
+    for r in ok:
+        r = {**r, "method": series_name(summary, r["method"], r["scope"])}
+        rows.append([round(v, 4) if isinstance(v, float) else v for v in (r.get(c) for c in PLOT_COLUMNS)])
+    return rows
 
 
 def _plots(summary: dict, rows: list[dict], out: Path) -> dict:
@@ -237,7 +269,7 @@ def _plots(summary: dict, rows: list[dict], out: Path) -> dict:
     for r in rows:
         pts = [(s, c["acc_finetuned"]) for s, c in sorted(r["by_speedup"].items()) if c["status"] == "ok"]
         if pts:
-            label = r["method"] if len(summary.get("scopes", [])) <= 1 else f"{r['method']} ({r['scope']})"
+            label = series_name(summary, r["method"], r["scope"])
             axes[0].plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=label)
             ranks = [(s, c.get("rank")) for s, c in sorted(r["by_speedup"].items()) if c.get("rank")]
             axes[1].plot([p[0] for p in ranks], [p[1] for p in ranks], "o-", label=label)
@@ -246,6 +278,7 @@ def _plots(summary: dict, rows: list[dict], out: Path) -> dict:
     axes[1].set(xlabel="MACs speedup (target)", ylabel="rank (1 = best)", title="rank per speedup")
     axes[1].invert_yaxis()
     axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"leaderboard: {summary['model']} on {summary['dataset']}, every method")
     fig.tight_layout()
     files["png"] = _save_png(fig, out / "leaderboard.png")
 
@@ -269,7 +302,8 @@ def _plots(summary: dict, rows: list[dict], out: Path) -> dict:
         for j in range(n):
             if grid[i][j] == grid[i][j]:
                 ax.text(j, i, f"{grid[i][j]:.2f}", ha="center", va="center")
-    ax.set_title("rank consistency (Kendall tau)" + ("" if n > 1 else "\nneeds two or more speedups"))
+    ax.set_title(f"rank consistency across speedups (Kendall tau)\n{summary['model']} on {summary['dataset']}"
+                 + ("" if n > 1 else ": needs two or more speedups"))
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     files["rank_png"] = _save_png(fig, out / "rank_consistency.png")
@@ -294,7 +328,7 @@ def _csv_text(header: list, rows: list) -> str:
 
 def write_reports(summary: dict, out: Path = Path("reports")) -> dict:
     """leaderboard.csv (one row per trial), leaderboard.md, leaderboard.png, rank_consistency.png,
-    metrics.json (DVC metrics) and plots/<method>.csv (DVC plots: accuracy vs speedup per method)."""
+    metrics.json (DVC metrics) and plots.csv (DVC plots: every finished trial, one row each, with its method)."""
     out = fileio.ensure_dir(out)
     rows = build(summary)
     files = {"csv": out / "leaderboard.csv", "md": out / "leaderboard.md", "metrics": out / "metrics.json"}
@@ -302,18 +336,7 @@ def write_reports(summary: dict, out: Path = Path("reports")) -> dict:
     fileio.write_text(files["csv"], _csv_text(LONG_COLUMNS, [[r.get(c, "") for c in LONG_COLUMNS] for r in long]))
     fileio.write_text(files["md"], markdown(summary, rows))
     fileio.write_json(files["metrics"], metrics_json(summary, rows), indent=2)
-    plots = fileio.ensure_dir(out / "plots")
-    written = set()
-    for r in rows:
-        name = r["method"] if len(summary.get("scopes", [])) <= 1 else f"{r['method']}@{r['scope']}"
-        points = [[s, round(c["speedup"], 4), round(c["acc_finetuned"], 4), round(c["acc_pruned"], 4)]
-                  for s, c in sorted(r["by_speedup"].items()) if c["status"] == "ok"]
-        fileio.write_text(plots / f"{name}.csv",
-                          _csv_text(["speedup_target", "speedup", "acc_finetuned", "acc_pruned"], points))
-        written.add(f"{name}.csv")
-    for old in plots.glob("*.csv"):  # methods no longer in the benchmark
-        if old.name not in written:
-            fileio.remove(old)
+    files["plots"] = fileio.write_text(out / "plots.csv", _csv_text(PLOT_COLUMNS, plot_rows(summary)))
     files.update(_plots(summary, rows, out))
     return {k: str(v) for k, v in files.items()}
 

@@ -151,7 +151,10 @@ def prune_stage(params: Params, method: str, speedup: Optional[float], scope: st
     summary = report.summary()
     if groups:  # the share of each group's channels that stayed: the allocation actually applied
         summary["kept_by_group"] = {g: w / dense_widths[g] for g, w in alloc.group_widths(groups).items()}
-    _save(Path(out), model, params, bundle, {"report": summary, "allocation": allocation})
+    # no timing in the file (as for dense.pt): the bytes of pruned and finetuned checkpoints depend on the weights
+    # and the recipe alone; the seconds stay in the returned result (result.json, MLflow)
+    untimed = {k: v for k, v in summary.items() if not k.startswith("seconds_")}
+    _save(Path(out), model, params, bundle, {"report": untimed, "allocation": allocation})
     return {**summary, "acc_pruned": acc, "channels": report.channels}
 
 

@@ -19,7 +19,7 @@ def make_project(tmp: Path, quick: dict) -> tuple[Path, dict]:
     proj.mkdir()
     for name in ("pruning", "flows"):
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore"):
+    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, proj / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "quick"
@@ -34,6 +34,7 @@ def make_project(tmp: Path, quick: dict) -> tuple[Path, dict]:
     run("git", "init", "-q")
     run(str(BIN / "dvc"), "init", "-q")
     run(str(BIN / "dvc"), "config", "core.analytics", "false")
+    shutil.copytree(ROOT / ".dvc/plots", proj / ".dvc/plots")  # the plot template dvc.yaml names
     run("git", "add", "-A")
     run("git", "commit", "-qm", "init")
     return proj, env

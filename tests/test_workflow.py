@@ -35,12 +35,13 @@ def test_dvc_repro_runs_the_whole_chain_into_mlflow_and_reports(tmp_path):
     done = subprocess.run([str(BIN / "dvc"), "repro"], cwd=proj, env=env, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.png", "rank_consistency.png", "metrics.json"):
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.png", "rank_consistency.png", "metrics.json",
+                 "plots.csv"):
         assert (proj / "reports" / name).is_file(), name
     assert "| 1 |" in (proj / "reports/leaderboard.md").read_text()
     assert (proj / "data/digits/meta.json").is_file() and (proj / "models/dense.pt").is_file()
     lock = yaml.safe_load((proj / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"prepare", "pretrain", "benchmark", "leaderboard"}
+    assert set(lock["stages"]) == {"params", "prepare", "pretrain", "benchmark", "leaderboard"}
     data_md5 = lock["stages"]["prepare"]["outs"][0]["md5"]
 
     c, all_runs = runs(proj)
@@ -172,6 +173,11 @@ def test_leaderboard_ranks_methods_and_measures_rank_consistency(tmp_path):
     md = Path(files["md"]).read_text()
     assert "| 1 | taylor |" in md and "87.00 (-3.00)" in md and "failed" in md and "RuntimeError: boom" in md
     metrics = json.loads(Path(files["metrics"]).read_text())
-    assert metrics["trials_failed"] == 1 and metrics["methods"]["taylor"]["4x"]["acc"] == 82
-    assert (tmp_path / "reports/plots/taylor.csv").read_text().startswith("speedup_target,")
+    assert metrics["trials_failed"] == 1 and metrics["taylor"]["x4"]["acc_finetuned"] == 82
+    assert metrics["l2+group_norm"]["x2"] == {"failed": 1} and metrics["l2+group_norm"]["x4"]["failed"] == 0
+    numbers = lambda d: all(numbers(v) if isinstance(v, dict) else isinstance(v, (int, float)) for v in d.values())
+    assert numbers(metrics)  # DVC metrics: numbers only
+    plot = (tmp_path / "reports/plots.csv").read_text().splitlines()
+    assert plot[0].startswith("method,") and len(plot) == 1 + 7  # one row per finished trial
+    assert sorted({line.split(",")[0] for line in plot[1:]}) == ["l2", "l2+group_norm", "random", "taylor"]
     assert Path(files["png"]).stat().st_size > 0 and Path(files["rank_png"]).stat().st_size > 0
