@@ -180,3 +180,12 @@ def test_each_stage_file_holds_only_what_the_stage_reads(tmp_path):
 def _write(path, data):
     path.write_text(json.dumps(data))
     return path
+
+
+def test_the_shipped_params_yaml_holds_the_built_in_defaults():
+    """A profile's override is judged against the built-in defaults: they must be what params.yaml ships."""
+    from helpers import ROOT
+
+    from flows.config import Params
+    shipped = load_params(ROOT / "params.yaml", required=True).model_dump(exclude={"profiles"})
+    assert shipped == Params().model_dump(exclude={"profiles"})
