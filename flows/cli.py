@@ -44,6 +44,14 @@ def default_from(key: str) -> str:
     return f"params.yaml {key}: {shown}"
 
 
+def model_option(choices: str):
+    return typer.Option(None, "--model", show_default=default_from("model.name"), help=choices)
+
+
+def dataset_option(choices: str):
+    return typer.Option(None, "--dataset", show_default=default_from("data.dataset"), help=choices)
+
+
 PARAMS = typer.Option(None, "--params", show_default="params.yaml",
                       help="the params.yaml to read defaults from (built-in defaults when ./params.yaml is absent)")
 PROFILE = typer.Option(None, "--profile", help="apply the overrides under profiles.<name> in params.yaml")
@@ -118,10 +126,10 @@ def methods(as_json: bool = typer.Option(False, "--json", help="print JSON")):
 
 @app.command()
 def prune(
-    model: Optional[str] = typer.Option(None, "--model", show_default=default_from("model.name"),
-                                        help="resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name> | yolov8n|s|m"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", show_default=default_from("data.dataset"),
-                                          help="digits | cifar10 | cifar100 | imagefolder:<path> | shapes | <dataset>.yaml (detection)"),
+    model: Optional[str] = model_option(
+        "resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name> | yolov8n|s|m"),
+    dataset: Optional[str] = dataset_option(
+        "digits | cifar10 | cifar100 | imagefolder:<path> | shapes | <dataset>.yaml (detection)"),
     method: str = typer.Option(..., "--method", help="a criterion, or criterion+sparsifier (see `prunebench methods`)"),
     speedup: float = typer.Option(..., "--speedup", help="target dense MACs / pruned MACs (> 1)"),
     scope: Optional[str] = typer.Option(None, "--scope", show_default=default_from("prune.scope"),
@@ -366,21 +374,19 @@ def benchmark(
 
 @app.command()
 def tune(
-    methods: Optional[List[str]] = typer.Option(None, "--method", "--methods", show_default=default_from("tune.methods"),
-                                                
+    methods: Optional[List[str]] = typer.Option(None, "--method", "--methods",
+                                                show_default=default_from("tune.methods"),
                                                 help="method(s) to tune (repeat or comma-separate)"),
     speedup: Optional[float] = typer.Option(None, "--speedup", show_default=default_from("tune.speedup"),
                                            help="MACs target every trial meets (> 1)"),
-    model: Optional[str] = typer.Option(None, "--model", show_default=default_from("model.name"),
-                                        help="resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name>"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", show_default=default_from("data.dataset"),
-                                          help="digits | cifar10 | cifar100 | imagefolder:<path>"),
+    model: Optional[str] = model_option("resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name>"),
+    dataset: Optional[str] = dataset_option("digits | cifar10 | cifar100 | imagefolder:<path>"),
     trials: Optional[int] = typer.Option(None, "--trials", show_default=default_from("tune.trials"),
                                          help="finished trials the study reaches (resumes)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", show_default=default_from("tune.epochs"),
                                          help="short finetune epochs per trial"),
-    multi_objective: Optional[bool] = typer.Option(None, "--multi-objective/--single-objective", show_default=default_from("tune.multi_objective"),
-                                                   
+    multi_objective: Optional[bool] = typer.Option(None, "--multi-objective/--single-objective",
+                                                   show_default=default_from("tune.multi_objective"),
                                                    help="accuracy vs MACs (Pareto front, no target)"),
     storage: Optional[str] = typer.Option(None, "--storage", show_default=default_from("tune.storage"),
                                           help="Optuna storage: sqlite:///optuna.db, journal:<file>, postgresql://..."),
