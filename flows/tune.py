@@ -3,11 +3,12 @@
 A trial samples a ratio per layer group (see :mod:`pruning.allocation`), the protection floor and the number of
 iterative steps, prunes the method's (sparse-trained) dense checkpoint with that allocation and finetunes briefly.
 Single-objective mode scales the sampled allocation until the MACs speedup target is met, so every trial is
-compared at the same cost, and maximises validation accuracy (the study's metric name: ``val_acc``); it is reported to
-the pruner after every finetune epoch (steps 1..``tune.epochs``), so the pruner (MedianPruner by default) stops poor
-trials early, judged against what earlier trials reached at the same epoch.  The accuracy right after pruning
-(before any finetune: close to chance at high targets) is logged as ``val_acc_pruned`` but not reported.  Multi-objective mode takes the
-ratios as absolute, sets no target and maximises accuracy while minimising MACs: the result is a Pareto front.
+compared at the same cost, and maximises validation accuracy (the study's metric name: ``val_acc``); it is
+reported to the pruner after every finetune epoch (steps 1..``tune.epochs``), so the pruner (MedianPruner by
+default) stops poor trials early, judged against what earlier trials reached at the same epoch.  The accuracy right
+after pruning (before any finetune: close to chance at high targets) is logged as ``val_acc_pruned``, not reported.
+Multi-objective mode takes the ratios as absolute, sets no target and maximises accuracy while minimising MACs: the
+result is a Pareto front.
 
 The best allocation then gets the full finetune (``tune.final_epochs``, default ``finetune.epochs``) and is
 evaluated on the test split beside the untuned trial at the same speedup (the benchmark's own trial, shared with
