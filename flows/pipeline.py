@@ -103,7 +103,7 @@ def dir_digest(path: str | Path) -> str:
 
 
 def dvc_md5(path: str | Path, lock: Path = Path("dvc.lock")) -> Optional[str]:
-    """The md5 DVC recorded in dvc.lock for an output path, if any."""
+    """The md5 DVC recorded in dvc.lock for an output path, if any (logged beside the digest, never as it)."""
     if not lock.is_file():
         return None
     import yaml
@@ -120,11 +120,12 @@ def dvc_md5(path: str | Path, lock: Path = Path("dvc.lock")) -> Optional[str]:
 
 
 def data_version(params: Params) -> dict:
-    """The prepared data's content hash (in trial keys) and DVC md5 (logged as the dataset digest)."""
+    """The prepared data's content hash: in trial keys, and (its first 32 characters) the dataset digest MLflow
+    shows.  Computed from the prepared files themselves, so data prepared by ``prunebench prepare`` and by
+    ``dvc repro`` has one digest; DVC's own md5, when dvc.lock lists the folder, is kept beside it."""
     path = stages.prepared_path(params)
     content = dir_digest(path)
-    md5 = dvc_md5(path)
-    return {"path": path.as_posix(), "content": content, "dvc_md5": md5, "digest": md5 or content[:32]}
+    return {"path": path.as_posix(), "content": content, "dvc_md5": dvc_md5(path), "digest": content[:32]}
 
 
 @functools.lru_cache(maxsize=1)
@@ -316,7 +317,7 @@ def trial_params(ctx: SweepContext, trial: Trial, key: str) -> dict:
         **{f"finetune_{k}": v for k, v in p.finetune.model_dump().items()},
         **({f"sparsify_{k}": v for k, v in p.sparsify.model_dump().items()} if pair.sparsifier else {}),
         "batch_size": p.data.batch_size, "seed": p.seed, "model": p.model.name, "dataset": p.data.dataset,
-        "dataset_md5": ctx.data["digest"], "git_rev": ctx.tags.get("git_rev"),
+        "dataset_digest": ctx.data["digest"], "git_rev": ctx.tags.get("git_rev"),
         "prefect_flow_run_id": ctx.tags.get("prefect_flow_run_id"), "trial_key": key,
     }
 
@@ -346,10 +347,21 @@ METRICS = ("acc_dense", "acc_pruned", "acc_finetuned", "macs_dense", "macs_prune
            "steps_taken", "calibration_samples")
 
 
+def leaderboard_columns(result: dict) -> dict:
+    """The leaderboard's derived columns, so MLflow's runs table can show what the leaderboard shows."""
+    try:
+        return {"delta_acc": result["acc_finetuned"] - result["acc_dense"],
+                "params_kept": result["params_pruned"] / result["params_dense"],
+                "macs_kept": result["macs_pruned"] / result["macs_dense"]}
+    except (KeyError, TypeError, ZeroDivisionError):
+        return {}
+
+
 def _log_trial(tracker, run_id: str, ctx: SweepContext, result: dict, work: Path) -> None:
     metrics = {k: result[k] for k in METRICS if result.get(k) is not None}
     metrics.update({k: v for k, v in result.items() if k.startswith("latency_speedup_b")})
     metrics["target_reached"] = float(bool(result.get("target_reached")))
+    metrics.update(leaderboard_columns(result))
     tracker.log_metrics(run_id, metrics)
     tracker.log_history(run_id, "finetune", result.get("finetune_history"))
     tracker.log_history(run_id, "sparsify", result.get("sparsify_history"))
@@ -500,11 +512,23 @@ def pretrain_flow(params: dict, out: str = str(DENSE_PATH)) -> str:
     return pretrain_task(p, out)
 
 
+def cached_run(tracker, experiment_id: str, trials_dir: str, key: str) -> Optional[str]:
+    """The FINISHED run that computed this trial, when its result is cached under ``trials_dir``."""
+    if not (Path(trials_dir) / key / "result.json").is_file():
+        return None
+    return tracker.finished_trial(experiment_id, key)
+
+
 @flow(name="benchmark", **FLOW)
 def benchmark_flow(params: dict, trials_dir: str = str(TRIALS_DIR), dense_path: str = str(DENSE_PATH),
                    results_path: str = str(RESULTS_PATH)) -> dict:
-    """Every (method, speedup, scope) trial of params.yaml's benchmark section; writes ``results_path``."""
-    from .tracking import experiment_name, git_rev
+    """Every (method, speedup, scope) trial of params.yaml's benchmark section; writes ``results_path``.
+
+    An invocation that computes anything gets a new MLflow parent run: its new trials as children, the cached
+    ones linked (``trial-link``), its leaderboard and the best model per (method, speedup) registered.  One with
+    nothing to compute (every trial cached) creates no run and says where the trials are.
+    """
+    from .tracking import experiment_name, source_tags
     p = Params.model_validate(params)
     dense = baseline(p, Path(dense_path))
     tracker = _tracker(_uri(p))
@@ -513,52 +537,161 @@ def benchmark_flow(params: dict, trials_dir: str = str(TRIALS_DIR), dense_path: 
     trials = trials_of(p)
     exp_name = experiment_name(stages.dataset_slug(p.data.dataset), p.model.name)
     exp = tracker.experiment(exp_name)
-    rev = git_rev()
-    tags = {"git_rev": rev, "dataset_version": data["digest"], "dataset": p.data.dataset,
-            "prefect_flow_run_id": _flow_run_id(), "code_version": code_version()}
-    keys = sorted(trial_key(p, t, dense_hash, data["content"]) for t in trials)
-    sweep = make_key("sweep", keys)
-    parent = tracker.parent_run(exp, sweep, f"benchmark-{p.model.name}-{stages.dataset_slug(p.data.dataset)}",
-                                {"methods": p.benchmark.methods, "speedups": p.benchmark.speedups,
-                                 "scopes": p.benchmark.scopes, "profile": p.profile, "seed": p.seed,
-                                 "model": p.model.name, "dataset": p.data.dataset,
-                                 "dataset_md5": data["digest"], "concurrency": p.benchmark.concurrency,
-                                 "trials": len(trials)}, tags)
-    tracker.log_dataset(parent, p.data.dataset, data["digest"], data["path"], {"dataset_version": data["digest"]})
+    tags = {**source_tags("benchmark"), "dataset_version": data["digest"], "dataset": p.data.dataset,
+            "dvc_md5": data["dvc_md5"], "prefect_flow_run_id": _flow_run_id(), "code_version": code_version()}
+    keys = [trial_key(p, t, dense_hash, data["content"]) for t in trials]
+    sweep = make_key("sweep", sorted(keys))
+    done = [cached_run(tracker, exp, trials_dir, k) for k in keys]
+    parent = None
+    if all(done):
+        where = sorted({tracker.client.get_run(r).data.tags.get("mlflow.parentRunId", r) for r in done})
+        REPORTER.message(f"nothing to compute: all {len(trials)} trial(s) are cached (MLflow parent run(s) "
+                         f"{', '.join(where)}); no new run logged")
+    else:
+        parent = tracker.parent_run(exp, sweep, f"benchmark-{p.model.name}-{stages.dataset_slug(p.data.dataset)}",
+                                    {"methods": p.benchmark.methods, "speedups": p.benchmark.speedups,
+                                     "scopes": p.benchmark.scopes, "profile": p.profile, "seed": p.seed,
+                                     "model": p.model.name, "dataset": p.data.dataset,
+                                     "dataset_digest": data["digest"], "concurrency": p.benchmark.concurrency,
+                                     "trials": len(trials)}, tags)
+        tracker.log_dataset(parent, p.data.dataset, data["digest"], data["path"],
+                            {"dataset_version": data["digest"]})
     dense_eval = evaluate_dense(p, dense, dense_hash, data, trials_dir)
     ctx = SweepContext(p, str(dense), dense_hash, dense_eval, data, exp, parent, tracker.uri, trials_dir, tags)
+    try:
+        results = _run_trials(ctx, trials)
+    except BaseException:
+        if parent:
+            tracker.finish(parent, "KILLED")
+        raise
+    failed = sum(r["status"] != "ok" for r in results)
+    summary = {"experiment_id": exp, "experiment_name": exp_name, "parent_run_id": parent,
+               "tracking_uri": tracker.uri, "sweep_key": sweep, "dataset": p.data.dataset, "model": p.model.name,
+               "data_version": data["digest"], "git_rev": tags["git_rev"], "acc_dense": dense_eval["acc"],
+               "dense": {k: v for k, v in dense_eval.items()}, "speedups": p.benchmark.speedups,
+               "scopes": p.benchmark.scopes, "methods": p.benchmark.methods, "trials": results}
+    _write_json(Path(results_path), summary)
+    if parent:
+        _finish_parent(tracker, ctx, summary, results_path, failed)
+    return summary
+
+
+def _run_trials(ctx: SweepContext, trials: list) -> list:
+    """Every trial, a method's trials in order (they share its sparse training); methods side by side when
+    ``benchmark.concurrency`` > 1 or on Dask."""
+    p = ctx.params
     REPORTER.sweep_start(len(trials))
     by_method: dict = {}
     for t in trials:
         by_method.setdefault(t.method, []).append(t)
-    if p.benchmark.concurrency > 1 or p.benchmark.dask_address:
-        futures = [method_trials_task.submit(ctx, m, ts) for m, ts in by_method.items()]
-        results = []
-        for (m, ts), fut in zip(by_method.items(), futures):
-            try:
-                results.extend(fut.result())
-            except Exception as e:  # the worker itself died
-                results.extend({"status": "failed", "error": f"{type(e).__name__}: {e}", "method": t.method,
-                                "scope": t.scope, "speedup_target": t.speedup} for t in ts)
-    else:
-        results = [run_trial(ctx, t) for ts in by_method.values() for t in ts]
-    failed = sum(r["status"] != "ok" for r in results)
-    tracker.log_metrics(parent, {"acc_dense": dense_eval["acc"], "trials_ok": len(results) - failed,
-                                 "trials_failed": failed})
-    summary = {"experiment_id": exp, "experiment_name": exp_name, "parent_run_id": parent,
-               "tracking_uri": tracker.uri, "sweep_key": sweep, "dataset": p.data.dataset, "model": p.model.name,
-               "data_version": data["digest"], "git_rev": rev, "acc_dense": dense_eval["acc"],
-               "dense": {k: v for k, v in dense_eval.items()}, "speedups": p.benchmark.speedups,
-               "scopes": p.benchmark.scopes, "methods": p.benchmark.methods, "trials": results}
-    _write_json(Path(results_path), summary)
+    if not (p.benchmark.concurrency > 1 or p.benchmark.dask_address):
+        return [run_trial(ctx, t) for ts in by_method.values() for t in ts]
+    futures = [method_trials_task.submit(ctx, m, ts) for m, ts in by_method.items()]
+    results = []
+    for (m, ts), fut in zip(by_method.items(), futures):
+        try:
+            results.extend(fut.result())
+        except Exception as e:  # the worker itself died
+            results.extend({"status": "failed", "error": f"{type(e).__name__}: {e}", "method": t.method,
+                            "scope": t.scope, "speedup_target": t.speedup} for t in ts)
+    return results
+
+
+def _finish_parent(tracker, ctx: SweepContext, summary: dict, results_path: str, failed: int) -> None:
+    """Everything this invocation's parent gets before it ends: counts, its own leaderboard, the best models."""
+    import tempfile
+
+    from . import leaderboard
+    parent, results = ctx.parent_run_id, summary["trials"]
+    tracker.log_metrics(parent, {"acc_dense": summary["acc_dense"], "trials_ok": len(results) - failed,
+                                 "trials_failed": failed, "trials_cached": sum(bool(r.get("cached"))
+                                                                               for r in results)})
     tracker.log_artifact(parent, results_path, "reports")
+    # the leaderboard of this invocation's trials only (a later `tune` adds rows to reports/, never to this run)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = leaderboard.write_reports(summary, Path(tmp))
+        for path in files.values():
+            if Path(path).is_file():
+                tracker.log_artifact(parent, path, "leaderboard")
+        tracker.log_metrics(parent, leaderboard.flat_metrics(summary, leaderboard.build(summary)))
+    try:
+        register_best_models(tracker, ctx, results)
+    except Exception as e:  # the results stand without the registry; say why
+        REPORTER.message(f"model registration skipped: {type(e).__name__}: {e}")
     tracker.finish(parent, "FINISHED" if failed < len(results) else "FAILED")
-    return summary
+
+
+def registered_name(p: Params, method: str, speedup: float) -> str:
+    """``prunebench-<dataset>-<model>-<method>-x<speedup>``, with what MLflow names cannot hold as ``-``."""
+    import re
+    raw = f"prunebench-{stages.dataset_slug(p.data.dataset)}-{p.model.name}-{method}-x{speedup:g}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw)
+
+
+def best_per_target(results: list) -> dict:
+    """The trial with the highest ``acc_finetuned`` per (method, speedup target), among the ok ones."""
+    best: dict = {}
+    for r in results:
+        if r.get("status") != "ok":
+            continue
+        key = (r["method"], float(r["speedup_target"]))
+        if key not in best or r["acc_finetuned"] > best[key]["acc_finetuned"]:
+            best[key] = r
+    return best
+
+
+def register_best_models(tracker, ctx: SweepContext, results: list) -> list:
+    """Log each (method, speedup)'s best pruned model to the parent as an MLflow model and register it; a trial
+    already registered (a cached best) is not registered again.  Returns the new ``(name, version)`` pairs."""
+    import mlflow
+    mlflow.set_tracking_uri(tracker.uri)
+    registered, images = [], None
+    for (method, speedup), result in best_per_target(results).items():
+        name = registered_name(ctx.params, method, speedup)
+        versions = tracker.client.search_model_versions(f"name = '{name}'")
+        if any(v.tags.get("trial_key") == result["trial_key"] for v in versions):
+            continue
+        if images is None:  # two real test images: the input example, and what the signature is inferred from
+            images = next(iter(stages.load_bundle(ctx.params).loader("test", 2)))[0].numpy()
+        registered.append((name, log_pytorch_model(tracker, ctx.parent_run_id, result, name, images)))
+    return registered
+
+
+def log_pytorch_model(tracker, run_id: str, result: dict, name: str, images) -> str:
+    """The trial's pruned model as an MLflow pytorch model on ``run_id``, registered as ``name``; returns the
+    version.  prunebench itself keeps loading the weights-only checkpoint.
+
+    Pickle format: MLflow 3's default (``pt2``, torch.export) costs about 30 s per model on 2 cores against 2-4 s.
+    Explicit pip requirements spare MLflow inferring them (seconds of imports).
+    """
+    import importlib.metadata as md
+
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    import pruning
+    model, _ = pruning.load_checkpoint(result["checkpoint"])
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(images)).numpy()
+    info = mlflow.pytorch.log_model(
+        model, name=name, signature=infer_signature(images, logits), input_example=images,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"torch-pruning=={md.version('torch-pruning')}",
+                          f"numpy=={md.version('numpy')}"], serialization_format="pickle",
+        registered_model_name=name, run_id=run_id, await_registration_for=0)
+    version = str(info.registered_model_version)
+    for key, value in {"trial_key": result["trial_key"], "trial_run_id": result.get("run_id"),
+                       "acc_finetuned": result["acc_finetuned"]}.items():
+        tracker.client.set_model_version_tag(name, version, key, str(value))
+    return version
 
 
 @flow(name="leaderboard", **FLOW)
 def leaderboard_flow(results_path: str = str(RESULTS_PATH), out_dir: str = str(REPORTS_DIR)) -> list:
-    """Aggregate the benchmark into reports/ (CSV, Markdown, PNGs, metrics, plot data), MLflow and Prefect."""
+    """Aggregate the benchmark (and tuned rows) into reports/ (CSV, Markdown, PNGs, metrics, plot data) and
+    Prefect artifacts.  MLflow is not touched: each benchmark parent logged its own leaderboard when it ran, and a
+    finished run is never edited."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from . import leaderboard
@@ -571,12 +704,6 @@ def leaderboard_flow(results_path: str = str(RESULTS_PATH), out_dir: str = str(R
     create_table_artifact(key="prunebench-leaderboard", table=leaderboard.table_rows(rows),
                           description=f"prunebench leaderboard: {summary['model']} on {summary['dataset']}")
     create_markdown_artifact(key="prunebench-leaderboard-md", markdown=Path(files["md"]).read_text())
-    if summary.get("parent_run_id"):
-        tracker = _tracker(summary.get("tracking_uri") or _uri(None))
-        for path in files.values():
-            if Path(path).is_file():
-                tracker.log_artifact(summary["parent_run_id"], path, "leaderboard")
-        tracker.log_metrics(summary["parent_run_id"], leaderboard.flat_metrics(summary, rows))
     return rows
 
 

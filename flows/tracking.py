@@ -1,8 +1,11 @@
 """MLflow tracking: the one module of prunebench that talks to MLflow.
 
-Layout: one experiment per (dataset, model) named ``prunebench/<dataset>/<model>``; a parent run per benchmark
-sweep (reused when the same sweep is run again or resumed, so a resumed sweep stays under one parent); a child run
-per trial, found again by its ``trial_key`` tag.  Everything goes through an explicit ``MlflowClient`` and run ids,
+Layout: one experiment per (dataset, model) named ``prunebench/<dataset>/<model>``; a parent run per invocation
+that does work (a finished run is history: never reopened, retagged or given more artifacts), a child run per
+trial, found again by its ``trial_key`` tag.  Parallel ``tune`` workers on one study share one parent per
+*session*: a worker joins the RUNNING parent of its study while a process listed in that parent's
+``live_workers`` tag is alive, and the last worker to leave ends it (:meth:`Tracker.join_parent` /
+:meth:`Tracker.leave_parent`).  Everything goes through an explicit ``MlflowClient`` and run ids,
 never MLflow's fluent "active run": tasks on other threads or Dask workers log safely, and no third-party callback
 (ultralytics' MLflow integration ends whatever run is *active*) can take over or close one of these runs.
 
@@ -19,6 +22,7 @@ trials; lookups of results ignore links.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -36,6 +40,7 @@ KIND_STUDY = "study"
 KIND_TUNE_TRIAL = "tune-trial"
 KIND_TRIAL_LINK = "trial-link"
 WORKER_TAG = "worker"
+LIVE_WORKERS_TAG = "live_workers"
 
 # Keep third-party MLflow integrations (ultralytics reads these) from starting, naming or keeping runs of their own.
 _THIRD_PARTY_ENV = {"MLFLOW_KEEP_RUN_ACTIVE": "false"}
@@ -125,6 +130,20 @@ def git_rev(cwd: Optional[Path] = None) -> str:
         return "unknown"
 
 
+def source_tags(command: str, rev: Optional[str] = None) -> dict:
+    """MLflow's standard tags (the UI's Source, User and Version columns) plus the DVC experiment when
+    ``dvc exp run`` started this process (DVC sets ``DVC_EXP_NAME`` and ``DVC_EXP_BASELINE_REV`` for it)."""
+    rev = rev or git_rev()
+    tags = {"mlflow.source.name": f"prunebench {command}", "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": rev.split("+")[0], "git_rev": rev, "git_dirty": str(rev.endswith("+dirty"))}
+    with contextlib.suppress(Exception):  # no user name in some containers
+        tags["mlflow.user"] = getpass.getuser()
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
 def _str(value) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:6000]
@@ -160,22 +179,66 @@ class Tracker:
 
     def parent_run(self, experiment_id: str, sweep_key: str, name: str, params: dict, tags: dict,
                    kind: str = KIND_BENCHMARK) -> str:
-        """The parent run of this sweep (or study): reused when it ran before (resume), else created.
+        """A new parent run for this invocation of a sweep (or study).
 
-        Found or created under the store lock, so workers started together share one parent.
+        Earlier parents of the same key are history and stay as they are; one left RUNNING by a process that
+        died (a killed sweep) is ended as KILLED first.
         """
         with store_lock(self.uri):
-            found = self._search(experiment_id, f"tags.sweep_key = '{sweep_key}' and tags.kind = '{kind}'")
-            if found:
-                run_id = found[0].info.run_id
-                self.client.update_run(run_id, status="RUNNING")
-            else:
-                run = self.client.create_run(experiment_id, run_name=name, tags={
-                    "kind": kind, "sweep_key": sweep_key, WORKER_TAG: worker_id()})
-                run_id = run.info.run_id
-                self.log_params(run_id, params)
-        self.set_tags(run_id, tags)
-        return run_id
+            for run in self._parents(experiment_id, sweep_key, kind):
+                self._end_if_interrupted(run)
+            return self._new_parent(experiment_id, sweep_key, name, params, tags, kind)
+
+    def _parents(self, experiment_id: str, sweep_key: str, kind: str) -> list:
+        return self._search(experiment_id, f"tags.sweep_key = '{sweep_key}' and tags.kind = '{kind}'")
+
+    def _new_parent(self, experiment_id: str, sweep_key: str, name: str, params: dict, tags: dict,
+                    kind: str) -> str:
+        run = self.client.create_run(experiment_id, run_name=name, tags={
+            "kind": kind, "sweep_key": sweep_key, **{k: _str(v) for k, v in tags.items() if v is not None},
+            WORKER_TAG: worker_id(), LIVE_WORKERS_TAG: worker_id()})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def latest_parent(self, experiment_id: str, sweep_key: str, kind: str = KIND_BENCHMARK) -> Optional[str]:
+        """The most recent FINISHED parent of this key, if any (where an all-cached rerun points the user)."""
+        done = [r for r in self._parents(experiment_id, sweep_key, kind) if r.info.status == "FINISHED"]
+        return max(done, key=lambda r: r.info.start_time).info.run_id if done else None
+
+    def join_parent(self, experiment_id: str, sweep_key: str, name: str, params: dict, tags: dict,
+                    kind: str) -> str:
+        """The parent of this study's current session: joined while one of its workers is alive, else new.
+
+        Workers started together on one study share one parent; each adds itself to ``live_workers`` and
+        :meth:`leave_parent` removes it.  A RUNNING parent none of whose workers is alive was interrupted: KILLED.
+        """
+        with store_lock(self.uri):
+            for run in self._parents(experiment_id, sweep_key, kind):
+                if run.info.status != "RUNNING":
+                    continue
+                alive = self._live_workers(run)
+                if alive:
+                    self.set_tags(run.info.run_id, {LIVE_WORKERS_TAG: ",".join(alive + [worker_id()])})
+                    return run.info.run_id
+                self.finish(run.info.run_id, "KILLED")
+            return self._new_parent(experiment_id, sweep_key, name, params, tags, kind)
+
+    def leave_parent(self, run_id: str, status: str = "FINISHED") -> bool:
+        """This worker is done with a session parent; the last one out ends it with ``status``.  Returns whether
+        this worker ended it."""
+        with store_lock(self.uri):
+            others = [w for w in self._live_workers(self.client.get_run(run_id)) if w != worker_id()]
+            if others:
+                self.set_tags(run_id, {LIVE_WORKERS_TAG: ",".join(others)})
+                return False
+            self.set_tags(run_id, {LIVE_WORKERS_TAG: ""})
+            self.finish(run_id, status)
+            return True
+
+    @staticmethod
+    def _live_workers(run) -> list:
+        listed = run.data.tags.get(LIVE_WORKERS_TAG, run.data.tags.get(WORKER_TAG, ""))
+        return [w for w in listed.split(",") if w and process_alive(w)]
 
     def _attempts(self, experiment_id: str, trial_key: str) -> list:
         """The runs that computed this trial (links to them left out)."""
@@ -250,7 +313,9 @@ class Tracker:
             if link.info.status == "FINISHED":
                 return link.info.run_id
             self._end_if_interrupted(link)  # its process died while writing it: KILLED, and a new one follows
-        tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") and k != "superseded_by"}
+        tags = {k: v for k, v in run.data.tags.items()
+                if k.startswith(("mlflow.source.", "mlflow.user")) or not k.startswith("mlflow.")}
+        tags.pop("superseded_by", None)
         tags.update({"kind": KIND_TRIAL_LINK, "linked_run_id": run_id, "mlflow.parentRunId": parent_id,
                      WORKER_TAG: worker_id()})
         link = self.client.create_run(experiment_id, run_name=run.info.run_name, tags=tags)
@@ -301,7 +366,8 @@ class Tracker:
             self.client.log_batch(run_id, metrics=items)
 
     def log_dataset(self, run_id: str, name: str, digest: str, source: str, version_tags: dict) -> None:
-        """``log_input`` of the prepared dataset, its digest being the DVC md5 (or a content hash without DVC)."""
+        """``log_input`` of the prepared dataset, its digest a hash of the prepared files' content (the same
+        whether ``prunebench prepare`` or ``dvc repro`` wrote them)."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
         dataset = Dataset(name=name, digest=digest[:36], source_type="local",
                           source=json.dumps({"uri": source, **version_tags}))

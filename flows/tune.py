@@ -3,9 +3,12 @@
 A trial samples a ratio per layer group (see :mod:`pruning.allocation`), the protection floor and the number of
 iterative steps, prunes the method's (sparse-trained) dense checkpoint with that allocation and finetunes briefly.
 Single-objective mode scales the sampled allocation until the MACs speedup target is met, so every trial is
-compared at the same cost, and maximises validation accuracy; it is reported after pruning (step 0) and after each
-finetune epoch, so the pruner (MedianPruner by default) stops poor trials early.  Multi-objective mode takes the
-ratios as absolute, sets no target and maximises accuracy while minimising MACs: the result is a Pareto front.
+compared at the same cost, and maximises validation accuracy (the study's metric name: ``val_acc``); it is
+reported to the pruner after every finetune epoch (steps 1..``tune.epochs``), so the pruner (MedianPruner by
+default) stops poor trials early, judged against what earlier trials reached at the same epoch.  The accuracy right
+after pruning (before any finetune: close to chance at high targets) is logged as ``val_acc_pruned``, not reported.
+Multi-objective mode takes the ratios as absolute, sets no target and maximises accuracy while minimising MACs: the
+result is a Pareto front.
 
 The best allocation then gets the full finetune (``tune.final_epochs``, default ``finetune.epochs``) and is
 evaluated on the test split beside the untuned trial at the same speedup (the benchmark's own trial, shared with
@@ -15,8 +18,9 @@ Studies live in Optuna storage (``sqlite:///optuna.db`` by default; ``journal:<f
 several workers on one study) under a name derived from everything the results depend on, so rerunning the same
 command resumes the study: finished trials are kept, a trial interrupted by a kill is marked failed and its
 allocation queued again, and the study is topped up to ``tune.trials`` finished trials.  MLflow holds a parent run
-per study and a child run per trial (sampled ratios as params, per-epoch accuracy as step metrics), with the
-study's plots as artifacts.
+per invocation that does work (workers started together share it: see :meth:`Tracker.join_parent`) and a child run
+per trial it ran (sampled ratios as params, per-epoch accuracy as step metrics), with the study's plots as
+artifacts.  An invocation with nothing left to do logs no run and names the parent that holds the results.
 
 Parallel workers: several ``prunebench tune`` processes on one study (a shared storage) split its work.
 
@@ -124,8 +128,9 @@ class Study:
     groups: list
     source: str               # the checkpoint every trial prunes (dense, or the method's sparse-trained one)
     experiment_id: str
-    parent_run_id: str
+    parent_run_id: Optional[str]  # this session's parent, set once the study has work to do
     tags: dict
+    data: Optional[dict] = None   # pipeline.data_version: logged as every trial's dataset input
 
     @property
     def multi(self) -> bool:
@@ -207,7 +212,7 @@ def _pruner(p: Params, multi: bool):
         return optuna.pruners.NopPruner()
     if p.tune.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=p.tune.epochs)
-    # judged from step 0 (accuracy right after pruning) once three trials have finished
+    # from the first finetune epoch on, once three trials have finished
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
 
@@ -220,6 +225,9 @@ def load_study(s: Study):
     if study.directions != [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else
                             optuna.study.StudyDirection.MINIMIZE for d in directions]:
             raise PruneBenchError(f"study {s.name!r} exists with other objectives; pick another --study-name")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # set_metric_names is flagged experimental
+        study.set_metric_names(["val_acc", "macs_pruned"] if s.multi else ["val_acc"])  # optuna-dashboard's names
     for k, v in {"method": s.method, "speedup": s.speedup, "groups": s.groups, "key": s.key,
                  "model": s.params.model.name, "dataset": s.params.data.dataset}.items():
         study.set_user_attr(k, v)
@@ -309,7 +317,8 @@ def with_prune(p: Params, protect: float, steps: int) -> Params:
 
 @task(name="tune-trial", task_run_name="tune[{s.method} #{number}]", **TASK)
 def trial_task(s: Study, number: int, trial, allocation: dict, protect: float, steps: int, run_id: str) -> dict:
-    """Prune with the sampled allocation, finetune briefly; accuracy (val) reported at step 0 and per epoch."""
+    """Prune with the sampled allocation, finetune briefly; val accuracy reported to the pruner after every epoch
+    (step = epoch), and judged by it after each but the last (a trial that ran to the end completes)."""
     tracker = pipeline._tracker(pipeline._uri(s.params))
     p = with_prune(s.params, protect, steps)
     work = s.work / f"trial-{number}"
@@ -321,23 +330,18 @@ def trial_task(s: Study, number: int, trial, allocation: dict, protect: float, s
            "target_reached": pr["target_reached"], "steps_taken": pr["steps_taken"],
            "seconds_prune": pr["seconds_prune"], **{f"kept.{g}": v for g, v in pr["kept_by_group"].items()}}
     tracker.log_metrics(run_id, {k: v for k, v in out.items() if k != "target_reached"})
-    tracker.log_metrics(run_id, {"val_acc": pr["acc_pruned"]}, step=0)
     if not pr["target_reached"]:
         shutil.rmtree(work, ignore_errors=True)
         return {**out, "outcome": "infeasible"}
-    if not s.multi:
-        trial.report(pr["acc_pruned"], 0)
-        if trial.should_prune():
-            shutil.rmtree(work, ignore_errors=True)
-            return {**out, "outcome": "pruned", "pruned_at": 0}
 
     def on_epoch(row: dict) -> None:
         tracker.log_metrics(run_id, {"val_acc": row["val_acc"], "finetune_loss": row["loss"]}, step=row["epoch"])
         pipeline.REPORTER.epoch(f"trial {number}", s.params.tune.epochs, row)
-        if not s.multi and row["epoch"] < s.params.tune.epochs:
-            trial.report(row["val_acc"], row["epoch"])
-            if trial.should_prune():
-                raise _Stop(row["epoch"])
+        if s.multi:
+            return
+        trial.report(row["val_acc"], row["epoch"])  # every epoch, the last too: later trials compare with it
+        if row["epoch"] < s.params.tune.epochs and trial.should_prune():
+            raise _Stop(row["epoch"])
     try:
         ft = stages.finetune_stage(p, work / "pruned.pt", work / "finetuned.pt", s.params.tune.epochs, on_epoch)
     except _Stop as stop:
@@ -362,6 +366,9 @@ def objective(s: Study, tracker):
                                      f"{s.key}:{trial.number}", params,
                                      {**s.tags, "sweep_key": s.key, "optuna_trial": trial.number,
                                       "optuna_trial_id": trial._trial_id}, kind="tune-trial")
+        if s.data:
+            tracker.log_dataset(run_id, p.data.dataset, s.data["digest"], s.data["path"],
+                                {"dataset_version": s.data["digest"]})
         pipeline.REPORTER.trial_start(f"{s.method} trial {trial.number}")
         start = time.perf_counter()
         try:
@@ -500,7 +507,7 @@ def tune_flow(params: dict, methods: list, speedup: Optional[float] = None, tria
     ``groups`` is what :func:`check` returned when the caller already checked these params (the CLI does, before
     anything starts); a scheduled run checks here.
     """
-    from .tracking import KIND_STUDY, experiment_name, git_rev
+    from .tracking import experiment_name, source_tags
     p = Params.model_validate(params)
     multi = p.tune.multi_objective
     target = None if multi else float(speedup or p.tune.speedup)
@@ -511,23 +518,48 @@ def tune_flow(params: dict, methods: list, speedup: Optional[float] = None, tria
     data = pipeline.data_version(p)
     dense_hash = pipeline.file_digest(dense)
     exp = tracker.experiment(experiment_name(stages.dataset_slug(p.data.dataset), p.model.name))
-    tags = {"git_rev": git_rev(), "dataset_version": data["digest"], "dataset": p.data.dataset,
-            "prefect_flow_run_id": pipeline._flow_run_id(), "code_version": pipeline.code_version()}
+    tags = {**source_tags("tune"), "dataset_version": data["digest"], "dataset": p.data.dataset,
+            "dvc_md5": data["dvc_md5"], "prefect_flow_run_id": pipeline._flow_run_id(),
+            "code_version": pipeline.code_version()}
     results = []
     for method in methods:
         key = study_key(p, method, target, dense_hash, data["content"])
         sname = name if name and len(methods) == 1 else study_name(p, method, target, key)
-        parent = tracker.parent_run(exp, key, f"tune-{sname}", {
-            "method": method, "speedup_target": target, "objective": "multi" if multi else "single",
-            "layer_groups": groups, "ratio_range": p.tune.ratio_range, "protect_range": p.tune.protect_range,
-            "steps_choices": p.tune.steps, "tune_epochs": p.tune.epochs, "sampler": p.tune.sampler,
-            "pruner": p.tune.pruner, "storage": p.tune.storage, "optuna_study": sname, "model": p.model.name,
-            "dataset": p.data.dataset, "seed": p.seed}, tags, kind=KIND_STUDY)
         with setup_lock():
             sp = pipeline.sparsified(p, method, str(dense), dense_hash, data["content"], str(pipeline.TRIALS_DIR))
-        s = Study(p, method, target, key, sname, groups, sp["checkpoint"], exp, parent, tags)
+        s = Study(p, method, target, key, sname, groups, sp["checkpoint"], exp, None, tags, data)
         results.append(run_study(s, tracker, dense, dense_hash, data, trials or p.tune.trials, final and not multi))
     return results
+
+
+def session_parent(s: Study, tracker) -> str:
+    """This invocation's parent run: the one of workers running the study now, else a new one (kind ``study``)."""
+    from .tracking import KIND_STUDY
+    t = s.params.tune
+    return tracker.join_parent(s.experiment_id, s.key, f"tune-{s.name}", {
+        "method": s.method, "speedup_target": s.speedup, "objective": "multi" if s.multi else "single",
+        "layer_groups": s.groups, "ratio_range": t.ratio_range, "protect_range": t.protect_range,
+        "steps_choices": t.steps, "tune_epochs": t.epochs, "sampler": t.sampler, "pruner": t.pruner,
+        "storage": t.storage, "optuna_study": s.name, "model": s.params.model.name, "dataset": s.params.data.dataset,
+        "seed": s.params.seed}, s.tags, KIND_STUDY)
+
+
+def trial_states(study) -> dict:
+    return {st.name.lower(): len(study.get_trials(deepcopy=False, states=(st,)))
+            for st in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                       optuna.trial.TrialState.FAIL)}
+
+
+def already_done(study, s: Study, final: bool) -> Optional[dict]:
+    """The study's summary when nothing changed since it was written (no trial to run, none running, the final
+    comparison done when asked for): a rerun then logs no run at all."""
+    path = STUDY_DIR / s.name / "summary.json"
+    if running(study) or not path.is_file():
+        return None
+    summary = fileio.read_json(path)
+    if summary.get("trials") != trial_states(study) or (final and not s.multi and "tuned" not in summary):
+        return None
+    return summary
 
 
 def run_study(s: Study, tracker, dense: Path, dense_hash: str, data: dict, trials: int, final: bool) -> dict:
@@ -536,16 +568,32 @@ def run_study(s: Study, tracker, dense: Path, dense_hash: str, data: dict, trial
     with slot_lock(s):
         recovered = recover_interrupted(study, s, tracker)
         todo = max(0, trials - taken(study))
+        done = None if todo or recovered else already_done(study, s, final)
+        if done is None:  # under the slot lock: a worker starting now sees this one's parent
+            s.parent_run_id = session_parent(s, tracker)
+    if done is not None:
+        pipeline.REPORTER.message(f"study {s.name}: nothing to do, {finished(study)} finished trial(s); results "
+                                  f"under MLflow parent run {done.get('parent_run_id')}; no new run logged")
+        return done
     pipeline.REPORTER.message(f"study {s.name}: {finished(study)} finished trial(s) in {s.params.tune.storage}"
                      + (f", {recovered} interrupted trial(s) queued again" if recovered else "")
                      + f"; running {todo} more")
     pipeline.REPORTER.sweep_start(todo, f"study {s.method}")
     start = time.perf_counter()
-    run_trials(study, s, tracker, trials, todo)
-    seconds = time.perf_counter() - start
-    wait_for_workers(study)
-    with finish_lock(s):  # one worker at a time; the next finds the untuned trial and final finetune done
-        return finish_study(study, s, tracker, dense, dense_hash, data, seconds, final)
+    try:
+        run_trials(study, s, tracker, trials, todo)
+        seconds = time.perf_counter() - start
+        wait_for_workers(study)
+        with finish_lock(s):  # one worker at a time; the next finds the untuned trial and final finetune done
+            summary = finish_study(study, s, tracker, dense, dense_hash, data, seconds, final)
+    except PruneBenchError:
+        tracker.leave_parent(s.parent_run_id, "FAILED")
+        raise
+    except BaseException:
+        tracker.leave_parent(s.parent_run_id, "KILLED")
+        raise
+    tracker.leave_parent(s.parent_run_id)
+    return summary
 
 
 def run_trials(study, s: Study, tracker, target: int, limit: int) -> None:
@@ -596,10 +644,8 @@ def wait_for_workers(study, poll: float = 2.0) -> None:
 
 def finish_study(study, s: Study, tracker, dense: Path, dense_hash: str, data: dict, seconds: float,
                  final: bool) -> dict:
-    """Summary, best trial, the final comparison, plots; the parent run ends FINISHED."""
-    states = {st.name.lower(): len(study.get_trials(deepcopy=False, states=(st,)))
-              for st in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-                         optuna.trial.TrialState.FAIL)}
+    """Summary, best trial, the final comparison, plots on the session's parent run (its last worker ends it)."""
+    states = trial_states(study)
     summary = {"study": s.name, "study_key": s.key, "storage": s.params.tune.storage, "method": s.method,
                "speedup_target": s.speedup, "objective": "multi" if s.multi else "single", "groups": s.groups,
                "model": s.params.model.name, "dataset": s.params.data.dataset, "trials": states,
@@ -611,7 +657,6 @@ def finish_study(study, s: Study, tracker, dense: Path, dense_hash: str, data: d
     else:
         best = best_trial(study, s)
         if best is None:
-            tracker.finish(s.parent_run_id, "FAILED")
             raise PruneBenchError(f"study {s.name}: no trial completed ({states}); see MLflow for the errors")
         allocation, protect, steps = allocation_of(best, s)
         summary["best"] = {"number": best.number, "val_acc": best.value, "allocation": allocation,
@@ -625,7 +670,6 @@ def finish_study(study, s: Study, tracker, dense: Path, dense_hash: str, data: d
         tracker.log_artifact(s.parent_run_id, plot, "study")
     write_json(out / "summary.json", summary)
     tracker.log_artifact(s.parent_run_id, out / "summary.json", "study")
-    tracker.finish(s.parent_run_id)
     return summary
 
 
@@ -638,12 +682,13 @@ def compare_with_untuned(s: Study, tracker, best, dense: Path, dense_hash: str, 
     plain, dense_eval = untuned(s, tracker, dense, dense_hash, data)
     final_key = f"{s.key}:final:{best.number}"
     done = s.work / "final" / f"result-{best.number}.json"
-    if done.is_file() and tracker.finished_trial(s.experiment_id, final_key):  # this best was finetuned already
+    finetuned = tracker.finished_trial(s.experiment_id, final_key) if done.is_file() else None
+    if finetuned:  # this best was finetuned already (by another worker, or an earlier session: linked here)
+        tracker.link_trial(s.experiment_id, s.parent_run_id, finetuned)
         entry = fileio.read_json(done)
         record_tuned(entry)
         return _comparison(entry, plain)
-    # an earlier best, or an interrupted final finetune
-    tracker.delete_runs(s.experiment_id, f"tags.sweep_key = '{s.key}' and tags.tuned = 'true'")
+    tracker.discard_unfinished(s.experiment_id, final_key)  # an interrupted final finetune: KILLED, kept as history
     run_id = tracker.start_child(s.experiment_id, s.parent_run_id, f"{s.method}@{s.speedup:g}x tuned",
                                  final_key, {"method": s.method, "speedup_target": s.speedup,
                                                     "scope": "tuned", "protect": protect,

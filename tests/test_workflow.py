@@ -20,7 +20,7 @@ TRIAL_METRICS = ["acc_dense", "acc_pruned", "acc_finetuned", "macs_dense", "macs
                  "params_pruned", "speedup", "latency_speedup", "seconds_sparsify", "seconds_prune",
                  "seconds_finetune", "seconds_evaluate", "seconds_total", "finetune_loss", "finetune_acc"]
 TRIAL_PARAMS = ["method", "criterion", "sparsifier", "scope", "speedup_target", "protect", "iterative_steps",
-                "finetune_epochs", "finetune_lr", "calibration_size", "seed", "dataset", "dataset_md5", "git_rev",
+                "finetune_epochs", "finetune_lr", "calibration_size", "seed", "dataset", "dataset_digest", "git_rev",
                 "prefect_flow_run_id"]
 
 
@@ -43,6 +43,8 @@ def test_dvc_repro_runs_the_whole_chain_into_mlflow_and_reports(tmp_path):
     lock = yaml.safe_load((proj / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"params", "prepare", "pretrain", "benchmark", "leaderboard"}
     data_md5 = lock["stages"]["prepare"]["outs"][0]["md5"]
+    from flows.pipeline import dir_digest
+    digest = dir_digest(proj / "data/digits")[:32]  # the prepared files' own hash, DVC's md5 beside it
 
     c, all_runs = runs(proj)
     parents = [r for r in all_runs if r.data.tags.get("kind") == "benchmark"]
@@ -55,8 +57,9 @@ def test_dvc_repro_runs_the_whole_chain_into_mlflow_and_reports(tmp_path):
         missing = [m for m in TRIAL_METRICS if m not in r.data.metrics]
         assert not missing, (r.info.run_name, missing)
         assert not [p for p in TRIAL_PARAMS if p not in r.data.params]
-        assert r.data.params["dataset_md5"] == data_md5[:36] and r.data.tags["dataset_version"] == data_md5
-        assert r.inputs.dataset_inputs and r.inputs.dataset_inputs[0].dataset.digest == data_md5[:36]
+        assert r.data.params["dataset_digest"] == digest and r.data.tags["dataset_version"] == digest
+        assert r.data.tags["dvc_md5"] == data_md5
+        assert r.inputs.dataset_inputs and r.inputs.dataset_inputs[0].dataset.digest == digest
         arts = {a.path for a in c.list_artifacts(r.info.run_id)}
         assert {"checkpoint", "channels", "plots"} <= arts
     sparse = [r for r in children if r.data.params["sparsifier"] != "none"]
@@ -115,9 +118,16 @@ def test_a_killed_benchmark_resumes_without_rerunning_or_duplicating(tmp_path):
     assert killed[0].info.status == "KILLED" and killed[0].info.end_time
     retry = next(r for r in children if r.data.tags["trial_key"] == killed[0].data.tags["trial_key"])
     assert killed[0].data.tags["superseded_by"] == retry.info.run_id  # ... pointing at the run that replaced it
-    parents = [r for r in all_runs if r.data.tags.get("kind") == "benchmark"]
-    assert len(parents) == 1  # the resumed sweep reuses its parent run
-    assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {parents[0].info.run_id}
+    parents = sorted((r for r in all_runs if r.data.tags.get("kind") == "benchmark"), key=lambda r: r.info.start_time)
+    # the killed invocation's parent ends KILLED; the resumed one has its own, listing the finished trial as a link
+    assert [r.info.status for r in parents] == ["KILLED", "FINISHED"] and parents[0].info.end_time
+    first_trial = next(r for r in children if r.info.run_id != retry.info.run_id)
+    assert first_trial.data.tags["mlflow.parentRunId"] == killed[0].data.tags["mlflow.parentRunId"] \
+        == parents[0].info.run_id
+    assert retry.data.tags["mlflow.parentRunId"] == parents[1].info.run_id
+    links = [r for r in all_runs if r.data.tags.get("kind") == "trial-link"]
+    assert [(r.data.tags["linked_run_id"], r.data.tags["mlflow.parentRunId"]) for r in links] == [
+        (first_trial.info.run_id, parents[1].info.run_id)]
 
     # a third run trains nothing and creates no run
     again = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=600)
