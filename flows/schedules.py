@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -211,9 +212,45 @@ def serve(deps: list) -> None:
     Runs go one at a time: they share the project folder and its stores.  The schedules stay active when serve
     stops (Prefect pauses them by default): the server keeps creating runs, and the next ``serve`` executes them.
     """
-    from prefect import serve as prefect_serve
+    import asyncio
+
+    from prefect.runner import Runner
+    from prefect.settings import PREFECT_UI_URL
+
+    class StopsLikeCtrlC(Runner):
+        def handle_sigterm(self, *_):
+            # Prefect's own handler exits from inside its event loop (asyncio tracebacks, a never-awaited stop);
+            # Ctrl+C's path (asyncio.run cancels the runner, which stops its runs) shuts down cleanly.
+            signal.raise_signal(signal.SIGINT)
+
+    runner = StopsLikeCtrlC(pause_on_shutdown=False, limit=1)
+    ids = [runner.add_deployment(d) for d in deps]
+    _say(f"serving {', '.join(f'{d.flow_name}/{d.name}' for d in deps)}: runs and their logs at "
+         f"{PREFECT_UI_URL.value() or 'the Prefect UI'}/runs (Ctrl+C stops)")
     try:
-        prefect_serve(*deps, print_starting_message=True, pause_on_shutdown=False, limit=1)
-    except (KeyboardInterrupt, SystemExit):  # Prefect's SIGTERM handler exits; Ctrl+C may land outside its loop
+        asyncio.run(runner.start())
+    except KeyboardInterrupt:
         pass
+    _crash_unfinished(ids)
     _say("serve stopped; the schedules stay active (runs due meanwhile wait for the next `prunebench serve`)")
+
+
+def _crash_unfinished(deployment_ids: list) -> None:
+    """Mark CRASHED the runs that serve's shutdown stopped (Prefect leaves them RUNNING forever), subflows too."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId,
+                                                FlowRunFilterParentFlowRunId, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+    unfinished = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=deployment_ids), state=unfinished))
+        if runs:
+            runs += client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[r.id for r in runs]), state=unfinished))
+        for run in runs:
+            client.set_flow_run_state(run.id, Crashed(message="prunebench serve stopped while it ran"), force=True)
+            if run.deployment_id:
+                _say(f"scheduled run {run.name} CRASHED: serve stopped while it ran")
