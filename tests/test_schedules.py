@@ -49,6 +49,12 @@ def _ask(method: str, url: str, **kwargs):
         return None
 
 
+def _answer(method: str, url: str, **kwargs):
+    """The API's answer, asked again until the busy server gives one."""
+    return _wait(lambda: (lambda found: (found,) if found is not None else None)(_ask(method, url, **kwargs)),
+                 60, f"an answer from {url}")[0]
+
+
 def _stop(proc, sig=signal.SIGTERM) -> int:
     if proc.poll() is None:
         os.killpg(proc.pid, sig)
@@ -103,6 +109,11 @@ def _finished(api: str, run_id: str):
     return run if run and run.get("state") and run["state"]["type"] in FINAL else None
 
 
+def _output_when(output, check, what: str) -> str:
+    """serve's output, once ``check`` accepts it."""
+    return _wait(lambda: (lambda text: text if check(text) else None)(output.read_text(errors="replace")), 180, what)
+
+
 def _stopped_cleanly(serve, output, sig) -> str:
     code = _stop(serve, sig)
     shown = output.read_text(errors="replace")
@@ -139,13 +150,17 @@ def test_a_scheduled_run_fires_completes_logs_and_survives_a_stopped_serve(tmp_p
         messages = "\n".join(log["message"] for log in _wait(run_logs, 120, "the scheduled run's logs"))
         assert "benchmark: 1 trial(s)" in messages and "l2" in messages and "epoch 1/1" in messages
 
-        shown = _wait(lambda: (lambda text: text if f"{run['name']} COMPLETED" in text else None)(
-            output.read_text(errors="replace")), 60, "serve's line for the finished run")
+        shown = _output_when(output, lambda text: f"{run['name']} COMPLETED" in text, "the finished run's line")
         assert f"scheduled run {run['name']} started" in shown
         assert f"scheduled run {run['name']} COMPLETED in " in shown and str(proj / "reports") in shown
 
-        _stopped_cleanly(serve, output, signal.SIGINT)  # Ctrl+C
-        after = _wait(lambda: _ask("GET", f"{api}/deployments/{deployment['id']}"), 60, "the deployment")
+        # the next minute's run (late by now) starts; Ctrl+C to the process group, as a terminal sends it
+        _output_when(output, lambda text: text.count(" started (") == 2, "the next scheduled run's start")
+        shown = _stopped_cleanly(serve, output, signal.SIGINT)
+        assert shown.count("CRASHED: serve stopped while it ran") == 1
+        unfinished = {"flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING"]}}}}
+        assert _answer("POST", f"{api}/flow_runs/filter", json=unfinished) == []
+        after = _answer("GET", f"{api}/deployments/{deployment['id']}")
         assert [s["active"] for s in after["schedules"]] == [True]  # a restarted serve picks the schedule up
 
 
