@@ -39,7 +39,8 @@ def _scheduled_name(kind: str):
         from prefect.runtime import flow_run
         args = flow_run.parameters
         try:
-            p = _params(args)
+            p = load_params(Path(args["project_dir"]) / args.get("params_file", "params.yaml"), args.get("profile"),
+                            args.get("overrides"))
         except PruneBenchError:  # the run itself fails with the reason; its name need not
             return f"{kind}-{datetime.now():%Y%m%d-%H%M}"
         return run_name(kind, p.model.name, p.data.dataset, p.tune.methods if kind == "tune" else ())
@@ -132,11 +133,6 @@ def scheduled_tune(project_dir: str, params_file: str = "params.yaml", profile: 
     return [{k: s.get(k) for k in ("study", "method", "trials", "acc_tuned", "acc_untuned")} for s in summaries]
 
 
-def _params(args: dict) -> Params:
-    return load_params(Path(args["project_dir"]) / args.get("params_file", "params.yaml"), args.get("profile"),
-                       args.get("overrides"))
-
-
 def _load(project_dir: str, params_file: str, profile: Optional[str], overrides: Optional[dict]) -> Params:
     os.chdir(project_dir)  # each scheduled run is its own process: relative paths resolve in the project
     _log_to_run()
@@ -214,6 +210,8 @@ def serve(deps: list) -> None:
     """
     import asyncio
 
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
     from prefect.runner import Runner
     from prefect.settings import PREFECT_UI_URL
 
@@ -231,7 +229,10 @@ def serve(deps: list) -> None:
         asyncio.run(runner.start())
     except KeyboardInterrupt:
         pass
-    _crash_unfinished(ids)
+    try:
+        _crash_unfinished(ids)
+    except (httpx.HTTPError, PrefectHTTPStatusError) as e:
+        _say(f"could not mark the runs serve stopped as CRASHED: the Prefect server did not answer ({e})")
     _say("serve stopped; the schedules stay active (runs due meanwhile wait for the next `prunebench serve`)")
 
 

@@ -197,3 +197,12 @@ def test_serve_registers_scheduled_deployments_and_runs_a_triggered_one(tmp_path
 
         shown = _stopped_cleanly(serve, output, signal.SIGTERM)
         assert "prunebench-benchmark/scheduled" in shown and "15 1 * * *" in shown
+
+
+def test_run_names_say_what_runs():
+    import re
+
+    from flows.naming import run_name
+    assert re.fullmatch(r"benchmark-resnet20-digits-\d{8}-\d{4}", run_name("benchmark", "resnet20", "digits"))
+    name = run_name("tune", "timm/deit_tiny", "imagefolder:/data/pets", ["l2", "taylor"])
+    assert re.fullmatch(r"tune-l2\+taylor-timm_deit_tiny-imagefolder-pets-\d{8}-\d{4}", name)
