@@ -1,6 +1,7 @@
 """The ``prunebench`` command line.  Bad input: one line on stderr, exit code 2, no traceback."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -19,9 +20,62 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Benchmark and apply structural pruning (PruningBench protocol on Torch-Pruning).")
 
+def _read_local_params() -> dict:
+    """./params.yaml as plain data for help texts only (no validation: a broken file is reported when loaded)."""
+    import yaml
+    try:
+        raw = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+_LOCAL_PARAMS = _read_local_params()
+
+
+def default_from(key: str) -> str:
+    """What a flag's help shows as its default: the value under ``key`` in ./params.yaml (a flag overrides it)."""
+    value = _LOCAL_PARAMS
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None:
+        return f"params.yaml {key}"
+    shown = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return f"params.yaml {key}: {shown}"
+
+
+def model_option(choices: str):
+    return typer.Option(None, "--model", show_default=default_from("model.name"), help=choices)
+
+
+def dataset_option(choices: str):
+    return typer.Option(None, "--dataset", show_default=default_from("data.dataset"), help=choices)
+
+
 PARAMS = typer.Option(None, "--params", show_default="params.yaml",
                       help="the params.yaml to read defaults from (built-in defaults when ./params.yaml is absent)")
 PROFILE = typer.Option(None, "--profile", help="apply the overrides under profiles.<name> in params.yaml")
+
+
+def show_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+    typer.echo(f"prunebench {of('prunebench')} (torch {of('torch')}, torch-pruning {of('torch-pruning')}, "
+               f"prefect {of('prefect')}, mlflow {of('mlflow')}, optuna {of('optuna')}, dvc {of('dvc')})")
+    raise typer.Exit()
+
+
+@app.callback()
+def root(_version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                       help="print prunebench's version (and its main libraries') and exit")):
+    """Benchmark and apply structural pruning (PruningBench protocol on Torch-Pruning)."""
 
 
 def fail(message: str) -> None:
@@ -45,18 +99,13 @@ def run_guarded(fn, *args, **kwargs):
         fail(str(e))
 
 
+SMOKE_TEST_PROFILE = "quick"
+
+
 def load(params: Optional[Path], profile: Optional[str], overrides: Optional[dict] = None):
     """params.yaml (or the file named by ``--params``, which must then exist), validated; bad input exits 2."""
     from .config import load_params
     return run_guarded(load_params, params or Path("params.yaml"), profile, overrides, required=params is not None)
-
-
-def epoch_printer(label: str, total: int):
-    """A progress line per epoch on stderr (stdout stays clean for --json)."""
-    def show(row: dict) -> None:
-        acc = f" val_acc {row['val_acc']:.2f}" if "val_acc" in row else ""
-        typer.echo(f"  {label} epoch {row['epoch']}/{total}: loss {row['loss']:.4f}{acc}", err=True)
-    return show
 
 
 @app.command()
@@ -77,13 +126,17 @@ def methods(as_json: bool = typer.Option(False, "--json", help="print JSON")):
 
 @app.command()
 def prune(
-    model: Optional[str] = typer.Option(None, "--model", help="resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name> | yolov8n|s|m"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="digits | cifar10 | cifar100 | imagefolder:<path> | shapes | <dataset>.yaml (detection)"),
+    model: Optional[str] = model_option(
+        "resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name> | yolov8n|s|m"),
+    dataset: Optional[str] = dataset_option(
+        "digits | cifar10 | cifar100 | imagefolder:<path> | shapes | <dataset>.yaml (detection)"),
     method: str = typer.Option(..., "--method", help="a criterion, or criterion+sparsifier (see `prunebench methods`)"),
     speedup: float = typer.Option(..., "--speedup", help="target dense MACs / pruned MACs (> 1)"),
-    scope: Optional[str] = typer.Option(None, "--scope", help="local | global | protected | isomorphic"),
+    scope: Optional[str] = typer.Option(None, "--scope", show_default=default_from("prune.scope"),
+                                        help="local | global | protected | isomorphic"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="dense checkpoint to prune (else a cached baseline)"),
-    finetune_epochs: Optional[int] = typer.Option(None, "--finetune-epochs", min=0, help="finetuning epochs after pruning"),
+    finetune_epochs: Optional[int] = typer.Option(None, "--finetune-epochs", min=0, show_default=default_from("finetune.epochs"),
+                                                  help="finetuning epochs after pruning"),
     out: Optional[Path] = typer.Option(None, "--out", help="where to write the pruned checkpoint"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     params_file: Optional[Path] = PARAMS,
@@ -111,15 +164,16 @@ def prune(
     run_guarded(stages.preflight, params)  # input size and a trial prune, before any training
     if checkpoint is None:
         typer.echo(f"dense baseline: {params.model.name} on {params.data.dataset} (cached after the first run)", err=True)
-        checkpoint = run_guarded(stages.dense_baseline, params,
-                                 on_epoch=epoch_printer("pretrain", params.pretrain.epochs))
+        with reporting() as reporter:
+            checkpoint = run_guarded(stages.dense_baseline, params,
+                                     on_epoch=reporter.on_epoch("pretrain", params.pretrain.epochs))
     elif not checkpoint.is_file():
         fail(f"checkpoint {checkpoint} does not exist")
     out = out or Path("models") / f"pruned-{params.model.name.replace('/', '-')}-{method}-{speedup:g}x.pt"
     epochs = params.finetune.epochs if finetune_epochs is None else finetune_epochs
-    with tempfile.TemporaryDirectory(prefix="prunebench-") as work:
+    with tempfile.TemporaryDirectory(prefix="prunebench-") as work, reporting() as reporter:
         result = run_guarded(stages.run_trial, params, method, speedup, params.prune.scope, checkpoint, out,
-                             Path(work), finetune_epochs=epochs, on_epoch=epoch_printer("finetune", epochs))
+                             Path(work), finetune_epochs=epochs, on_epoch=reporter.on_epoch("finetune", epochs))
     result.pop("channels", None)
     if as_json:
         typer.echo(json.dumps(result, default=float))
@@ -173,6 +227,9 @@ def progress_reporter(write=None):
         def message(self, text):
             self.write(text)
 
+        def on_epoch(self, label, total):
+            return lambda row: self.epoch(label, total, row)
+
     class Bars(Lines):
         """Rich progress bars on a terminal: the sweep and the current run's epochs."""
 
@@ -213,9 +270,11 @@ def progress_reporter(write=None):
         return Lines(write), None
     if sys.stderr.isatty():
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                            console=Console(stderr=True), transient=False)
         return Bars(progress), progress
     return Lines(), None
 
@@ -226,13 +285,21 @@ def start_server():
     spawn_temporary_server()
 
 
-def run_flow(fn, uri, *args, **kwargs):
-    """Install progress output, start Prefect and MLflow side by side, run a flow; bad input exits 2."""
-    import contextlib
+@contextlib.contextmanager
+def reporting():
+    """Progress on stderr while the block runs: rich bars with an ETA on a terminal, plain lines otherwise (logs,
+    DVC, CI); stdout stays clean for --json."""
     from . import pipeline
     reporter, progress = progress_reporter()
     pipeline.set_reporter(reporter)
     with progress or contextlib.nullcontext():
+        yield reporter
+
+
+def run_flow(fn, uri, *args, **kwargs):
+    """Install progress output, start Prefect and MLflow side by side, run a flow; bad input exits 2."""
+    from . import pipeline
+    with reporting():
         run_guarded(pipeline.warm_up, uri)
         return run_guarded(fn, *args, **kwargs)
 
@@ -261,11 +328,16 @@ def pretrain(out: Path = typer.Option(Path("models/dense.pt"), "--out", help="wh
 
 @app.command()
 def benchmark(
-    methods: Optional[List[str]] = typer.Option(None, "--methods", help="methods to run (repeat or comma-separate)"),
-    speedups: Optional[List[str]] = typer.Option(None, "--speedups", help="MACs speedup targets, e.g. 2,4"),
-    scopes: Optional[List[str]] = typer.Option(None, "--scope", "--scopes", help="local | global | protected | isomorphic"),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="methods run side by side (threads)"),
-    dask: Optional[str] = typer.Option(None, "--dask", help="run trials on Dask: 'local' or a scheduler address"),
+    methods: Optional[List[str]] = typer.Option(None, "--methods", show_default=default_from("benchmark.methods"),
+                                                help="methods to run (repeat or comma-separate)"),
+    speedups: Optional[List[str]] = typer.Option(None, "--speedups", show_default=default_from("benchmark.speedups"),
+                                                 help="MACs speedup targets, e.g. 2,4"),
+    scopes: Optional[List[str]] = typer.Option(None, "--scope", "--scopes", show_default=default_from("benchmark.scopes"),
+                                               help="local | global | protected | isomorphic"),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", show_default=default_from("benchmark.concurrency"),
+                                              help="methods run side by side (threads)"),
+    dask: Optional[str] = typer.Option(None, "--dask", show_default=default_from("benchmark.dask_address"),
+                                       help="run trials on Dask: 'local' or a scheduler address"),
     write_leaderboard: bool = typer.Option(True, "--leaderboard/--no-leaderboard",
                                            help="also write reports/leaderboard.* (dvc.yaml runs it as its own stage)"),
     params_file: Optional[Path] = PARAMS,
@@ -300,23 +372,31 @@ def benchmark(
     if failed:
         typer.echo(f"{len(failed)} of {len(summary['trials'])} trial(s) failed (see the leaderboard and MLflow)",
                    err=True)
+    where_to_look(params, f"{pipeline.RESULTS_PATH}" + (", reports/leaderboard.md (.csv, .png)"
+                                                         if write_leaderboard else ""))
 
 
 @app.command()
 def tune(
     methods: Optional[List[str]] = typer.Option(None, "--method", "--methods",
-                                                help="method(s) to tune (repeat or comma-separate; default tune.methods)"),
-    speedup: Optional[float] = typer.Option(None, "--speedup", help="MACs target every trial meets (> 1)"),
-    model: Optional[str] = typer.Option(None, "--model", help="resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name>"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="digits | cifar10 | cifar100 | imagefolder:<path>"),
-    trials: Optional[int] = typer.Option(None, "--trials", help="finished trials the study reaches (resumes)"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="short finetune epochs per trial"),
+                                                show_default=default_from("tune.methods"),
+                                                help="method(s) to tune (repeat or comma-separate)"),
+    speedup: Optional[float] = typer.Option(None, "--speedup", show_default=default_from("tune.speedup"),
+                                           help="MACs target every trial meets (> 1)"),
+    model: Optional[str] = model_option("resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name>"),
+    dataset: Optional[str] = dataset_option("digits | cifar10 | cifar100 | imagefolder:<path>"),
+    trials: Optional[int] = typer.Option(None, "--trials", show_default=default_from("tune.trials"),
+                                         help="finished trials the study reaches (resumes)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", show_default=default_from("tune.epochs"),
+                                         help="short finetune epochs per trial"),
     multi_objective: Optional[bool] = typer.Option(None, "--multi-objective/--single-objective",
+                                                   show_default=default_from("tune.multi_objective"),
                                                    help="accuracy vs MACs (Pareto front, no target)"),
-    storage: Optional[str] = typer.Option(None, "--storage",
+    storage: Optional[str] = typer.Option(None, "--storage", show_default=default_from("tune.storage"),
                                           help="Optuna storage: sqlite:///optuna.db, journal:<file>, postgresql://..."),
     study_name: Optional[str] = typer.Option(None, "--study-name", help="name the study (one method only)"),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="stop starting trials after this many seconds"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", show_default=default_from("tune.timeout"),
+                                            help="stop starting trials after this many seconds"),
     final: bool = typer.Option(True, "--final/--no-final",
                                help="full finetune of the best allocation, compared with the untuned trial"),
     params_file: Optional[Path] = PARAMS,
@@ -348,6 +428,22 @@ def tune(
         else:
             typer.echo("tuned results in reports/tuned.json; `prunebench benchmark` puts them in the leaderboard",
                        err=True)
+    where_to_look(params, f"{tuning.TUNED_PATH}, study plots in {tuning.STUDY_DIR}/, Optuna storage "
+                          f"{params.tune.storage}")
+
+
+def where_to_look(params, outputs: str) -> None:
+    """The closing lines: where the results are and how to open them."""
+    from .tracking import experiment_name, tracking_uri
+    uri = tracking_uri(params.tracking.mlflow_uri)
+    ui_flag = "" if uri == "sqlite:///mlflow.db" else f" (MLflow store {uri})"
+    typer.echo(f"results: {outputs}\n"
+               f"MLflow runs: `prunebench ui`{ui_flag}, then http://127.0.0.1:5000, experiment "
+               f"{experiment_name(params.data.dataset, params.model.name)}\n"
+               f"Prefect flow runs: `prefect server start`, then http://127.0.0.1:4200/runs", err=True)
+    if params.profile == SMOKE_TEST_PROFILE:
+        typer.echo(f"profile {SMOKE_TEST_PROFILE}: a smoke test of the whole chain (a few epochs); its figures are "
+                   f"not results (see benchmarks/README.md for measured ones)", err=True)
 
 
 def show_studies(summaries: list) -> None:
@@ -452,8 +548,7 @@ def main():
     except Exception as e:
         if not _is_usage_error(e):
             raise
-        if type(e).__name__ == "NoArgsIsHelpError":  # bare `prunebench`: the help, as always
-            typer.echo(e.ctx.get_help())
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `prunebench`: typer has printed the help already
             code = 0
         else:
             command = e.ctx.command_path if getattr(e, "ctx", None) else "prunebench"

@@ -62,3 +62,35 @@ def test_prune_json_report(cli, tmp_path):
     assert 0 <= report["acc_pruned"] <= 100 and report["acc_finetuned"] is not None
     loaded, _ = pruning.load_checkpoint(tmp_path / "pruned.pt")
     assert pruning.count_macs_params(loaded, pruning.load_data("digits").spec.example_inputs())[0] == report["macs_pruned"]
+
+
+def test_version_names_prunebench_and_its_main_libraries(cli):
+    from importlib.metadata import version
+    code, out, _ = cli("--version")
+    assert code == 0
+    assert out.startswith(f"prunebench {version('prunebench')} (torch {version('torch')}")
+
+
+def test_flags_show_the_default_params_yaml_gives_them(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    (tmp_path / "params.yaml").write_text("benchmark:\n  speedups: [3, 5]\ntune:\n  trials: 7\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "300"}
+    helps = {cmd: subprocess.run([sys.executable, "-m", "flows.cli", cmd, "-h"], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True).stdout for cmd in ("benchmark", "tune")}
+    assert "params.yaml benchmark.speedups: 3,5" in helps["benchmark"]
+    assert "params.yaml tune.trials: 7" in helps["tune"]
+    assert "params.yaml tune.speedup)" in helps["tune"]  # not in this params.yaml: its key is named
+
+
+def test_the_closing_lines_say_where_results_are_and_that_quick_is_a_smoke_test(capsys):
+    from flows.cli import where_to_look
+    from flows.config import Params
+    where_to_look(Params(profile="quick"), "reports/benchmark.json")
+    err = capsys.readouterr().err
+    assert "results: reports/benchmark.json" in err and "`prunebench ui`" in err
+    assert "experiment prunebench/digits/resnet20" in err and "smoke test" in err
+    where_to_look(Params(), "reports/benchmark.json")
+    assert "smoke test" not in capsys.readouterr().err
