@@ -198,32 +198,34 @@ def describe(result: dict) -> str:
             + (" [cached]" if result.get("cached") else ""))
 
 
-def _reporter():
+def progress_reporter(write=None):
+    """Progress for the flows: rich bars on a terminal, else plain lines on stderr, or given to ``write`` (a
+    scheduled run's log, for instance)."""
     from . import pipeline
 
     class Lines(pipeline.Reporter):
         """Plain progress lines on stderr (what DVC and CI logs show)."""
 
-        def __init__(self):
-            self.total, self.done = 0, 0
+        def __init__(self, write=lambda text: typer.echo(text, err=True)):
+            self.total, self.done, self.write = 0, 0, write
 
         def sweep_start(self, total, label="benchmark"):
             self.total, self.done = total, 0
-            typer.echo(f"{label}: {total} trial(s)", err=True)
+            self.write(f"{label}: {total} trial(s)")
 
         def trial_start(self, name):
-            typer.echo(f"[{self.done + 1}/{self.total}] {name} ...", err=True)
+            self.write(f"[{self.done + 1}/{self.total}] {name} ...")
 
         def trial_end(self, name, result):
             self.done += 1
-            typer.echo(f"[{self.done}/{self.total}] {name}: {describe(result)}", err=True)
+            self.write(f"[{self.done}/{self.total}] {name}: {describe(result)}")
 
         def epoch(self, label, total, row):
             acc = f" val_acc {row['val_acc']:.2f}" if row.get("val_acc") is not None else ""
-            typer.echo(f"  {label} epoch {row['epoch']}/{total}: loss {row['loss']:.4f}{acc}", err=True)
+            self.write(f"  {label} epoch {row['epoch']}/{total}: loss {row['loss']:.4f}{acc}")
 
         def message(self, text):
-            typer.echo(text, err=True)
+            self.write(text)
 
         def on_epoch(self, label, total):
             return lambda row: self.epoch(label, total, row)
@@ -264,6 +266,8 @@ def _reporter():
         def message(self, text):
             self.progress.console.print(text)
 
+    if write is not None:
+        return Lines(write), None
     if sys.stderr.isatty():
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -286,7 +290,7 @@ def reporting():
     """Progress on stderr while the block runs: rich bars with an ETA on a terminal, plain lines otherwise (logs,
     DVC, CI); stdout stays clean for --json."""
     from . import pipeline
-    reporter, progress = _reporter()
+    reporter, progress = progress_reporter()
     pipeline.set_reporter(reporter)
     with progress or contextlib.nullcontext():
         yield reporter

@@ -33,6 +33,7 @@ from pruning.errors import PruneBenchError  # noqa: E402
 
 from . import stages  # noqa: E402
 from .config import Params  # noqa: E402
+from .naming import from_params  # noqa: E402
 
 class _UserErrorsStayOneLine(logging.Filter):
     """Drop Prefect's ERROR records (with their tracebacks) for a PruneBenchError: bad input raised inside a flow
@@ -519,7 +520,7 @@ def cached_run(tracker, experiment_id: str, trials_dir: str, key: str) -> Option
     return tracker.finished_trial(experiment_id, key)
 
 
-@flow(name="benchmark", **FLOW)
+@flow(name="benchmark", flow_run_name=from_params("benchmark"), **FLOW)
 def benchmark_flow(params: dict, trials_dir: str = str(TRIALS_DIR), dense_path: str = str(DENSE_PATH),
                    results_path: str = str(RESULTS_PATH)) -> dict:
     """Every (method, speedup, scope) trial of params.yaml's benchmark section; writes ``results_path``.

@@ -4,11 +4,18 @@
 temporary server other commands start runs no scheduler) and serves them: the server creates a flow run at each
 cron time and this process executes it in the project folder, reading params.yaml *at run time*, so an edited
 params.yaml is picked up by the next scheduled run without restarting ``serve``.
+
+A scheduled run is named after what it runs (``benchmark-resnet20-digits-20260101-0200``), sends its progress
+(trial lines, epochs, warnings) to the server as the run's logs, and prints a line to ``serve``'s output when it
+starts and when it ends.
 """
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -19,12 +26,89 @@ from prefect import flow  # noqa: E402
 from pruning.errors import PruneBenchError  # noqa: E402
 
 from .config import Params, load_params  # noqa: E402
+from .naming import run_name  # noqa: E402
 from .pipeline import FLOW  # noqa: E402
 
 DEPLOYMENT = "scheduled"
+RUN_LOG = "prunebench"  # the logger whose records become the flow run's logs on the server
 
 
-@flow(name="prunebench-benchmark", **FLOW)
+def _scheduled_name(kind: str):
+    """The ``flow_run_name`` of a scheduled flow: what params.yaml (read now, as the run will) makes it run."""
+    def name() -> str:
+        from prefect.runtime import flow_run
+        args = flow_run.parameters
+        try:
+            p = load_params(Path(args["project_dir"]) / args.get("params_file", "params.yaml"), args.get("profile"),
+                            args.get("overrides"))
+        except PruneBenchError:  # the run itself fails with the reason; its name need not
+            return f"{kind}-{datetime.now():%Y%m%d-%H%M}"
+        return run_name(kind, p.model.name, p.data.dataset, p.tune.methods if kind == "tune" else ())
+    return name
+
+
+# --------------------------------------------------------------------------- what serve's output shows
+_STARTED: dict = {}
+
+
+def _say(text: str) -> None:
+    """A line on serve's output (a scheduled run's process shares it)."""
+    print(f"{datetime.now():%Y-%m-%d %H:%M:%S} {text}", flush=True)
+
+
+def _on_start(flow, flow_run, state) -> None:
+    _STARTED[flow_run.id] = time.monotonic()
+    _say(f"scheduled run {flow_run.name} started ({flow.name}/{DEPLOYMENT})")
+
+
+def _on_end(flow, flow_run, state) -> None:
+    started = _STARTED.pop(flow_run.id, None)
+    took = f" in {time.monotonic() - started:.0f} s" if started is not None else ""
+    where = Path(flow_run.parameters.get("project_dir", ".")) / "reports"
+    _say(f"scheduled run {flow_run.name} {state.type.value}{took}; results in {where}, logs in the Prefect UI")
+
+
+HOOKS = dict(on_running=[_on_start], on_completion=[_on_end], on_failure=[_on_end], on_crashed=[_on_end])
+
+
+class _ToThisRun(logging.Filter):
+    """Files every record under the scheduled run: trial lines come from inside its subflows and tasks, whose pages
+    a user would have to look for; the scheduled run's page shows them all."""
+
+    def __init__(self, flow_run_id):
+        super().__init__()
+        self.flow_run_id = flow_run_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.flow_run_id = self.flow_run_id
+        return True
+
+
+def _log_to_run() -> None:
+    """Progress lines and warnings of this process become the current (scheduled) flow run's logs on the server.
+
+    A logger of our own, at INFO, with Prefect's API handler and no console output (serve prints its own lines):
+    Prefect's loggers stay at ``PREFECT_LOGGING_LEVEL`` (WARNING), which keeps the commands' consoles quiet.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.logging.handlers import APILogHandler
+
+    from . import cli, pipeline
+    handler = APILogHandler()
+    handler.addFilter(_ToThisRun(FlowRunContext.get().flow_run.id))
+    logger = logging.getLogger(RUN_LOG)
+    for old in [h for h in logger.handlers if isinstance(h, APILogHandler)]:  # an earlier run in this process
+        logger.removeHandler(old)
+        logging.getLogger("py.warnings").removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logging.captureWarnings(True)  # pruning's warnings (a scope that cannot reach the target, ...)
+    logging.getLogger("py.warnings").addHandler(handler)
+    pipeline.set_reporter(cli.progress_reporter(logger.info)[0])
+
+
+@flow(name="prunebench-benchmark", flow_run_name=_scheduled_name("benchmark"), **HOOKS, **FLOW)
 def scheduled_benchmark(project_dir: str, params_file: str = "params.yaml", profile: Optional[str] = None,
                         overrides: Optional[dict] = None) -> dict:
     """params.yaml's benchmark, then the leaderboard, in ``project_dir`` (what `prunebench benchmark` runs)."""
@@ -36,7 +120,7 @@ def scheduled_benchmark(project_dir: str, params_file: str = "params.yaml", prof
     return {"trials": len(summary["trials"]), "failed": failed, "parent_run_id": summary["parent_run_id"]}
 
 
-@flow(name="prunebench-tune", **FLOW)
+@flow(name="prunebench-tune", flow_run_name=_scheduled_name("tune"), **HOOKS, **FLOW)
 def scheduled_tune(project_dir: str, params_file: str = "params.yaml", profile: Optional[str] = None,
                    overrides: Optional[dict] = None) -> list:
     """A study per ``tune.methods`` (resumed and topped up to ``tune.trials``), then the leaderboard."""
@@ -51,6 +135,7 @@ def scheduled_tune(project_dir: str, params_file: str = "params.yaml", profile: 
 
 def _load(project_dir: str, params_file: str, profile: Optional[str], overrides: Optional[dict]) -> Params:
     os.chdir(project_dir)  # each scheduled run is its own process: relative paths resolve in the project
+    _log_to_run()
     return load_params(params_file, profile, overrides)
 
 
@@ -118,6 +203,55 @@ def check_server() -> str:
 
 
 def serve(deps: list) -> None:
-    """Register the deployments and execute their scheduled runs until interrupted (Ctrl+C)."""
-    from prefect import serve as prefect_serve
-    prefect_serve(*deps, print_starting_message=True)
+    """Register the deployments and execute their scheduled runs until stopped (Ctrl+C or SIGTERM: exit 0).
+
+    Runs go one at a time: they share the project folder and its stores.  The schedules stay active when serve
+    stops (Prefect pauses them by default): the server keeps creating runs, and the next ``serve`` executes them.
+    """
+    import asyncio
+
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.runner import Runner
+    from prefect.settings import PREFECT_UI_URL
+
+    class StopsLikeCtrlC(Runner):
+        def handle_sigterm(self, *_):
+            # Prefect's own handler exits from inside its event loop (asyncio tracebacks, a never-awaited stop);
+            # Ctrl+C's path (asyncio.run cancels the runner, which stops its runs) shuts down cleanly.
+            signal.raise_signal(signal.SIGINT)
+
+    runner = StopsLikeCtrlC(pause_on_shutdown=False, limit=1)
+    ids = [runner.add_deployment(d) for d in deps]
+    _say(f"serving {', '.join(f'{d.flow_name}/{d.name}' for d in deps)}: runs and their logs at "
+         f"{PREFECT_UI_URL.value() or 'the Prefect UI'}/runs (Ctrl+C stops)")
+    try:
+        asyncio.run(runner.start())
+    except KeyboardInterrupt:
+        pass
+    try:
+        _crash_unfinished(ids)
+    except (httpx.HTTPError, PrefectHTTPStatusError) as e:
+        _say(f"could not mark the runs serve stopped as CRASHED: the Prefect server did not answer ({e})")
+    _say("serve stopped; the schedules stay active (runs due meanwhile wait for the next `prunebench serve`)")
+
+
+def _crash_unfinished(deployment_ids: list) -> None:
+    """Mark CRASHED the runs that serve's shutdown stopped (Prefect leaves them RUNNING forever), subflows too."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId,
+                                                FlowRunFilterParentFlowRunId, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+    unfinished = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=deployment_ids), state=unfinished))
+        if runs:
+            runs += client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[r.id for r in runs]), state=unfinished))
+        for run in runs:
+            client.set_flow_run_state(run.id, Crashed(message="prunebench serve stopped while it ran"), force=True)
+            if run.deployment_id:
+                _say(f"scheduled run {run.name} CRASHED: serve stopped while it ran")

@@ -56,6 +56,7 @@ from typing import Optional
 
 from . import pipeline, stages
 from .config import Params
+from .naming import from_params
 from .pipeline import FLOW, TASK, Trial  # noqa: E402  (pipeline sets Prefect's defaults first)
 from .tracking import process_alive, store_lock, worker_id  # noqa: E402
 from pruning import fileio  # noqa: E402
@@ -499,7 +500,7 @@ def record_tuned(entry: dict, path: Path = TUNED_PATH) -> None:
 
 
 # --------------------------------------------------------------------------- the flow
-@flow(name="tune", **FLOW)
+@flow(name="tune", flow_run_name=from_params("tune"), **FLOW)
 def tune_flow(params: dict, methods: list, speedup: Optional[float] = None, trials: Optional[int] = None,
               name: Optional[str] = None, final: bool = True, groups: Optional[list] = None) -> list[dict]:
     """A study per method; ``speedup`` None with ``tune.multi_objective`` gives Pareto fronts.

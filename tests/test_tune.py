@@ -1,20 +1,18 @@
-"""Tuning (Optuna studies over allocations) and schedules (Prefect deployments), end to end with real tools.
+"""Tuning (Optuna studies over allocations), end to end with real tools; schedules' params checks.
 
-A real SQLite Optuna storage and MLflow store, Prefect's temporary server for `prunebench tune`, and a real
-`prefect server start` on 127.0.0.1 for `prunebench serve`.  Tiny settings keep each to a minute or two.
+A real SQLite Optuna storage and MLflow store and Prefect's temporary server for `prunebench tune`.  Tiny settings
+keep each to a minute or two.  `prunebench serve` on a real Prefect server: tests/test_schedules.py.
 """
 from __future__ import annotations
 
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
 
 import pytest
-import yaml
 from helpers import BIN, make_project, runs
 
 from flows.config import load_params
@@ -175,96 +173,3 @@ def test_tune_refuses_an_unreachable_target_before_any_study(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "unreachable" in done.stderr and "Traceback" not in done.stderr
     assert not (proj / "optuna.db").exists() and not (proj / "mlflow.db").exists()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(check, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.mark.slow
-def test_serve_registers_scheduled_deployments_and_runs_a_triggered_one(tmp_path):
-    import httpx
-    proj, env = make_project(tmp_path, TINY)
-    params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["schedules"] = {"timezone": "Europe/Berlin", "benchmark": {"cron": "15 1 * * *"},
-                           "tune": {"cron": "30 4 * * 0", "profile": "quick"}}
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**env, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_LOGGING_LEVEL": "WARNING"}
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    serve = None
-    try:
-        def healthy():
-            try:
-                return httpx.get(f"{api}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-        _wait(healthy, 180, "prefect server start")
-        serve = subprocess.Popen([str(BIN / "prunebench"), "serve"], cwd=proj, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-
-        def deployments():
-            found = httpx.post(f"{api}/deployments/filter", json={}, timeout=10).json()
-            return found if len(found) == 2 else None
-        found = _wait(deployments, 180, "two deployments")
-        by_tag = {("benchmark" if "benchmark" in d["tags"] else "tune"): d for d in found}
-        for kind, cron in (("benchmark", "15 1 * * *"), ("tune", "30 4 * * 0")):
-            sched = by_tag[kind]["schedules"]
-            assert len(sched) == 1 and sched[0]["active"]
-            assert sched[0]["schedule"]["cron"] == cron and sched[0]["schedule"]["timezone"] == "Europe/Berlin"
-        assert by_tag["tune"]["parameters"]["profile"] == "quick"
-        assert by_tag["benchmark"]["parameters"]["project_dir"] == str(proj.resolve())
-
-        def triggered():
-            """The triggered run (found by its tag), created once: a busy SQLite server may answer an error."""
-            mine = {"flow_runs": {"tags": {"all_": ["triggered-by-test"]}}}
-            try:
-                found = httpx.post(f"{api}/flow_runs/filter", json=mine, timeout=30).json()
-                if isinstance(found, list) and found:
-                    return found[0]
-                httpx.post(f"{api}/deployments/{by_tag['benchmark']['id']}/create_flow_run", timeout=30,
-                           json={"parameters": {"overrides": {"benchmark": {"methods": ["l1"]}}},
-                                 "tags": ["triggered-by-test"]})
-            except httpx.HTTPError:
-                pass
-            return None
-        run = _wait(triggered, 180, "the triggered run to be created")
-
-        def finished():
-            try:
-                state = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=30).json()["state"]["type"]
-            except (httpx.HTTPError, KeyError, TypeError):  # a busy server's error answer: ask again
-                return None
-            return state if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
-        state = _wait(finished, 420, "the triggered benchmark run")
-        assert state == "COMPLETED"
-        assert (proj / "reports/leaderboard.md").is_file()
-        summary = json.loads((proj / "reports/benchmark.json").read_text())
-        assert [t["method"] for t in summary["trials"]] == ["l1"] and summary["trials"][0]["status"] == "ok"
-    finally:
-        for proc in (serve, server):
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-    if serve is not None and serve.stdout is not None:
-        shown = serve.stdout.read().decode(errors="replace")
-        assert "prunebench-benchmark/scheduled" in shown and "15 1 * * *" in shown
