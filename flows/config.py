@@ -121,7 +121,7 @@ class TuneParams(_Section):
     methods: List[str] = Field(default_factory=lambda: ["l2"], min_length=1)  # what the scheduled study tunes
     speedup: float = 4.0                     # the MACs target every trial meets (single-objective mode)
     trials: int = Field(20, ge=1)            # finished (complete or pruned) trials the study reaches
-    epochs: int = Field(1, ge=1)             # the short finetune of each trial, reported per epoch to the pruner
+    epochs: int = Field(2, ge=1)             # the short finetune of each trial, reported per epoch to the pruner
     final_epochs: Optional[int] = Field(None, ge=1)  # the best allocation's full finetune (default: finetune.epochs)
     layer_groups: int = Field(4, ge=1, le=16)  # at most this many layer groups, each with its own ratio
     ratio_range: List[float] = Field(default_factory=lambda: [0.2, 1.0])    # per layer-group ratio
