@@ -15,8 +15,8 @@ from torch import nn
 from .errors import PruneBenchError, unknown_choice
 from .methods import CRITERION, SPARSIFIER, get_method, resolve
 from .metrics import accuracy, channel_table, count_macs_params, layer_widths, measure_latency
-from .models import classifier_layers
-from .timm_support import FAMILY_OPTIONS, family_options
+from .family import FAMILY_OPTIONS, family_options
+from .heads import classifier_layers
 from .train import Recipe, train
 
 SCOPES = ("local", "global", "protected", "isomorphic")
@@ -101,7 +101,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
     ``local`` (same ratio per layer), ``global``, ``protected`` (global, every group keeps >= ``protect`` of its
     channels) and ``isomorphic`` (global ranking within buckets of structurally identical groups, with protection).
     ``seed`` fixes a criterion's own random draws (the ``random`` scores).
-    ``head_ratio`` and ``head_dim_ratio`` control attention pruning (see :func:`pruning.timm_support.family_options`);
+    ``head_ratio`` and ``head_dim_ratio`` control attention pruning (see :func:`pruning.family.family_options`);
     other keyword options go to Torch-Pruning's ``BasePruner`` (e.g. ``num_heads``, ``customized_pruners``).
     """
     importance, name, needs_data = _importance(method, model, example_inputs, num_classes, seed)

@@ -14,7 +14,8 @@ import torch
 import yaml
 
 import pruning
-from pruning import PruneBenchError, detection, yolo
+from pruning import PruneBenchError, detection
+from pruning.detection import yolo
 
 IMGSZ = 64
 
