@@ -10,7 +10,9 @@ import torch_pruning as tp
 from torch import nn
 
 import pruning
-from pruning.methods.datadriven import CPImportance, HRankImportance, ThiNetImportance, lasso_path_scores
+from pruning.methods.cp import CPImportance, lasso_path_scores
+from pruning.methods.hrank import HRankImportance
+from pruning.methods.thinet import ThiNetImportance
 from pruning.methods.group_lasso import GroupLassoPruner, group_lasso_penalty
 
 
