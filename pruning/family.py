@@ -26,6 +26,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .errors import PruneBenchError
+from .tp_adapter import channel_groups, is_attention_group, veto_pruning_ratio_check
 
 # Option names this module consumes from ``prune(**options)``; the rest go to Torch-Pruning.
 FAMILY_OPTIONS = ("head_ratio", "head_dim_ratio")
@@ -163,9 +164,9 @@ def _keep_group_width(pruner) -> None:
 
     def guarded(group):
         imp = estimate(group)
-        if imp is None or pruner._is_atten_group(group)[0]:
+        if imp is None or is_attention_group(pruner, group):
             return imp
-        groups = pruner._get_channel_groups(group)
+        groups = channel_groups(pruner, group)
         if groups <= 1 or len(imp) % groups:
             return imp
         per = imp.view(groups, -1)
@@ -174,17 +175,12 @@ def _keep_group_width(pruner) -> None:
         per[:, keep] = float("inf")
         return per.view(-1)
 
-    check = pruner._check_pruning_ratio
-
-    def checked(group):  # a group at the minimum width leaves the ranking (and its +inf scores with it)
-        for dep, _ in group:
-            m = dep.target.module
-            if _is_grouped(m) and m.in_channels // m.groups <= MIN_GROUP_WIDTH:
-                return False
-        return check(group)
+    def at_minimum(group):  # a group at the minimum width leaves the ranking (and its +inf scores with it)
+        return any(_is_grouped(m) and m.in_channels // m.groups <= MIN_GROUP_WIDTH
+                   for m in (dep.target.module for dep, _ in group))
 
     pruner.estimate_importance = guarded
-    pruner._check_pruning_ratio = checked
+    veto_pruning_ratio_check(pruner, at_minimum)
 
 
 # --------------------------------------------------------------------------- attribute repair

@@ -15,20 +15,17 @@ from torch import nn
 from .errors import PruneBenchError
 from .family import family_options
 from .heads import classifier_layers
+from .modes import eval_mode
 
 
 def check_input_size(model: nn.Module, example_inputs: torch.Tensor, label: str = "model") -> None:
     """One forward pass at the dataset's input size; a failure becomes a PruneBenchError naming the size."""
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(example_inputs)
     except Exception as e:
         size = "x".join(str(s) for s in example_inputs.shape[-2:])
         raise PruneBenchError(f"{label} cannot take {size} inputs: {_first_line(e)}")
-    finally:
-        model.train(was_training)
 
 
 def check_prunable(model: nn.Module, example_inputs: torch.Tensor, num_classes: int,

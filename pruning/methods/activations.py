@@ -29,13 +29,11 @@ from typing import Dict, Iterable, Optional, Tuple
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch_pruning.pruner import function
+
+from ..tp_adapter import IN_FNS, OUT_FNS, group_members, reduce_and_normalize
 
 Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
 _EXACT = 2 ** 24  # float32 represents every integer below this exactly
-
-_OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
-_IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
 
 
 # --------------------------------------------------------------------------- channel codes in .grad
@@ -117,20 +115,15 @@ class _ActivationImportance(tp.importance.GroupMagnitudeImportance):
 
     def _member_scores(self, group):
         imps, idxs_list = [], []
-        fns = _OUT_FNS if self.side == "out" else _IN_FNS
-        for i, (dep, idxs) in enumerate(group):
-            layer = dep.target.module
-            if dep.handler not in fns or layer not in self.scores:
+        for member in group_members(group, OUT_FNS if self.side == "out" else IN_FNS):
+            layer = member.layer
+            if layer not in self.scores:
                 continue
             ids = self.codes.out_ids(layer) if self.side == "out" else self.codes.in_ids(layer)
             if ids is None:
                 continue
-            root_idxs = group[i].root_idxs
-            if any(r is None for r in root_idxs):
-                continue
-            table = self.scores[layer]
-            imps.append(table[ids[torch.as_tensor(idxs, dtype=torch.long)]].float())
-            idxs_list.append(root_idxs)
+            imps.append(self.scores[layer][ids[torch.as_tensor(member.idxs, dtype=torch.long)]].float())
+            idxs_list.append(member.root_idxs)
         return imps, idxs_list
 
     @torch.no_grad()
@@ -139,7 +132,7 @@ class _ActivationImportance(tp.importance.GroupMagnitudeImportance):
         imps, root_idxs = self._member_scores(group)
         if not imps:
             return magnitude
-        scores = self._normalize(self._reduce(imps, root_idxs), self.normalizer)
+        scores = reduce_and_normalize(self, imps, root_idxs)
         if magnitude is not None and self.tie_break:
             scores = scores + self.tie_break * magnitude / (magnitude.max() + 1e-12)
         return scores

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import _IN_FNS, Batches, _ActivationImportance, _groups, _plain_conv
+from ..modes import eval_mode
+from ..tp_adapter import IN_FNS, group_members
+from .activations import Batches, _ActivationImportance, _groups, _plain_conv
 
 # --------------------------------------------------------------------------- contributions to the next layer
 class _Contributions:
@@ -92,16 +94,13 @@ def group_statistics(group, stats: Dict[nn.Module, _Contributions]):
     gram = torch.zeros(n_root, n_root, dtype=torch.float64)
     xy = torch.zeros(n_root, dtype=torch.float64)
     rows, used = 0, []
-    for i, (dep, idxs) in enumerate(group):
-        layer = dep.target.module
-        if dep.handler not in _IN_FNS or layer not in stats:
-            continue
-        root = group[i].root_idxs
-        if any(r is None for r in root) or stats[layer].energy <= 0:
+    for member in group_members(group, IN_FNS):
+        layer = member.layer
+        if layer not in stats or stats[layer].energy <= 0:
             continue
         s = stats[layer]
         p = torch.zeros(n_root, s.gram.shape[0], dtype=torch.float64)  # root channel <- layer input feature
-        p[torch.as_tensor(root), torch.as_tensor(idxs)] = 1.0
+        p[torch.as_tensor(member.root_idxs), torch.as_tensor(member.idxs)] = 1.0
         gram += p @ s.gram @ p.T / s.energy
         xy += p @ s.xy / s.energy
         rows = max(rows, s.rows)
@@ -130,33 +129,31 @@ class _ConsumerImportance(_ActivationImportance):
         for g in groups:
             for dep, _ in g:
                 layer = dep.target.module
-                if dep.handler in _IN_FNS and _consumer_ok(layer) and layer not in stats:
+                if dep.handler in IN_FNS and _consumer_ok(layer) and layer not in stats:
                     stats[layer] = _Contributions(layer, self.samples_per_image, gen)
         hooks = [layer.register_forward_hook(lambda mod, inp, out, s=s: s.add(inp[0])) for layer, s in stats.items()]
-        was_training = model.training
-        model.eval()
         count = 0
         try:
-            for x, _ in batches:
-                self._forward(model, x)
-                count += len(x)
+            with eval_mode(model):
+                for x, _ in batches:
+                    self._forward(model, x)
+                    count += len(x)
         finally:
             for h in hooks:
                 h.remove()
-            model.train(was_training)
         for g in groups:
             joint = group_statistics(g, stats)
             if joint is None:
                 continue
             gram, xy, rows, consumers = joint
             root_scores = self._order_scores(gram, xy, rows)
-            for i, (dep, idxs) in enumerate(g):
-                layer = dep.target.module
-                if layer not in consumers or dep.handler not in _IN_FNS:
+            for member in group_members(g, IN_FNS):
+                layer = member.layer
+                if layer not in consumers:
                     continue
                 self.codes.tag(layer, "in")
                 table = self.scores.setdefault(layer, torch.zeros(layer.weight.shape[1]))
-                table[torch.as_tensor(idxs)] = root_scores[torch.as_tensor(g[i].root_idxs)].float()
+                table[torch.as_tensor(member.idxs)] = root_scores[torch.as_tensor(member.root_idxs)].float()
         self._after_calibrate(model, batches, stats)
         return count
 

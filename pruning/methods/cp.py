@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modes import eval_mode
 from .activations import _plain_conv
 from .base import CRITERION, register
 from .contributions import _ConsumerImportance, _forward_with_hooks
@@ -117,10 +118,8 @@ class CPImportance(_ConsumerImportance):
                 patches[conv].append(u[img, :, hs * wo + ws])
             return fn
 
-        was_training = model.training
-        model.eval()
-        _forward_with_hooks(model, data["batches"], convs, hook)
-        model.train(was_training)
+        with eval_mode(model):
+            _forward_with_hooks(model, data["batches"], convs, hook)
         for conv in convs:
             out_ids = self.codes.out_ids(conv)
             if out_ids is None:

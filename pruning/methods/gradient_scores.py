@@ -11,12 +11,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..tp_adapter import IN_FNS, NORM_FNS, OUT_FNS, group_members, reduce_and_normalize
+
 Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
 
-
-_OUT = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
-_IN = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
-_NORM = (tp.prune_batchnorm_out_channels, tp.prune_layernorm_out_channels, tp.prune_groupnorm_out_channels)
 
 
 def _trainable(model: nn.Module):
@@ -31,28 +29,28 @@ def score_group(importance, group, member_score) -> torch.Tensor | None:
     normalised as the importance is configured (Torch-Pruning's mean reduction and mean normaliser by default).
     """
     scores, root_idxs = [], []
-    for i, (dep, idxs) in enumerate(group):
-        layer, fn = dep.target.module, dep.handler
+    for member in group_members(group):
+        layer, fn, idxs = member.layer, member.handler, member.idxs
         if not isinstance(layer, tuple(importance.target_types)) or getattr(layer, "weight", None) is None \
                 or layer.weight.grad is None:
             continue
         w, stat = layer.weight.data, layer.weight.grad.data
         transposed = getattr(layer, "transposed", False)
-        if fn in _OUT:
+        if fn in OUT_FNS:
             pick = (lambda t: t.transpose(0, 1)) if transposed else (lambda t: t)
             local = member_score(pick(w)[idxs].flatten(1), pick(stat)[idxs].flatten(1)).sum(1)
-        elif fn in _IN:
+        elif fn in IN_FNS:
             pick = (lambda t: t) if transposed else (lambda t: t.transpose(0, 1))
             local = member_score(pick(w).flatten(1), pick(stat).flatten(1)).sum(1)
             if fn == tp.prune_conv_in_channels and layer.groups not in (1, layer.in_channels):
                 local = local.repeat(layer.groups)
             local = local[idxs]
-        elif fn in _NORM:
+        elif fn in NORM_FNS:
             local = member_score(w[idxs], stat[idxs])
         else:
             continue
         scores.append(local)
-        root_idxs.append(group[i].root_idxs)
+        root_idxs.append(member.root_idxs)
     if not scores:
         return None
-    return importance._normalize(importance._reduce(scores, root_idxs), importance.normalizer)
+    return reduce_and_normalize(importance, scores, root_idxs)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch_pruning.pruner import function
 
+from ..modes import eval_mode
 from .activations import Batches, _ActivationImportance, _graph, _groups, _plain_conv
 from .base import CRITERION, register
 
@@ -50,17 +51,15 @@ class HRankImportance(_ActivationImportance):
             where = nxt[0] if len(nxt) == 1 and isinstance(nxt[0], nn.modules.batchnorm._BatchNorm) else conv
             sums[conv] = torch.zeros(conv.out_channels, dtype=torch.float64)
             hooks.append(where.register_forward_hook(self._hook(conv, sums)))
-        was_training = model.training
-        model.eval()
         count = 0
         try:
-            for x, _ in batches:
-                model(x)
-                count += len(x)
+            with eval_mode(model):
+                for x, _ in batches:
+                    model(x)
+                    count += len(x)
         finally:
             for h in hooks:
                 h.remove()
-            model.train(was_training)
         for conv, total in sums.items():
             self.codes.tag(conv, "out")
             self.scores[conv] = (total / max(count, 1)).float()

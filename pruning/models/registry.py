@@ -9,7 +9,7 @@ from typing import Callable, Dict, Tuple
 
 from torch import nn
 
-from ..errors import PruneBenchError, unknown_choice
+from ..errors import unknown_choice
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
 _FAMILIES: Dict[str, Tuple[str, Callable[..., nn.Module]]] = {}  # prefix -> (pattern shown, builder)
@@ -18,6 +18,7 @@ _FAMILIES: Dict[str, Tuple[str, Callable[..., nn.Module]]] = {}  # prefix -> (pa
 def register_model(name: str):
     """Decorator: make a builder ``fn(num_classes, in_chans, input_size) -> nn.Module`` available by name."""
     def wrap(fn):
+        _claim(name)
         _BUILDERS[name] = fn
         return fn
     return wrap
@@ -27,9 +28,16 @@ def register_family(prefix: str, pattern: str):
     """Decorator: every name ``<prefix><rest>`` builds with ``fn(rest, num_classes, in_chans, input_size)``;
     ``pattern`` (e.g. ``timm/<name>``) is what :func:`list_models` shows for the family."""
     def wrap(fn):
+        _claim(prefix)
         _FAMILIES[prefix] = (pattern, fn)
         return fn
     return wrap
+
+
+def _claim(name: str) -> None:
+    """A second registration under a name (or one a family prefix already covers) raises, as methods do."""
+    if name in _BUILDERS or any(name.startswith(p) or p.startswith(name) for p in _FAMILIES):
+        raise ValueError(f"model {name!r} registered twice")
 
 
 def list_models() -> list[str]:

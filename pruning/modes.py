@@ -1,0 +1,18 @@
+"""Small context managers shared across the library."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from torch import nn
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with ``model`` in eval mode, then restore train/eval as it was (also after an exception)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
