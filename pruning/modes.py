@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 from typing import Iterator
 
 from torch import nn
@@ -16,3 +17,10 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Swallow what the block prints (ultralytics prints progress bars and tables): keeps stdout clean for ``--json``."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield

@@ -12,9 +12,7 @@ ultralytics itself is imported inside functions: a heavy optional dependency, pa
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import time
 from itertools import islice
 from pathlib import Path
@@ -28,6 +26,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import PruneBenchError
 from ..methods import resolve
 from ..metrics import count_macs_params, measure_latency
+from ..modes import quiet_stdout
 from ..models.yolo import (  # noqa: F401  (re-exported: one import for callers)
     YOLO_MODELS, C2fSplit, _drop_integration_callbacks, build_yolo, check_imgsz, detect_head, is_yolo,
     load_ultralytics_weights, replace_c2f, ultralytics_globals, ultralytics_setup)
@@ -142,7 +141,7 @@ def finetune_yolo(model: nn.Module, data_yaml: Path, imgsz: int, epochs: int, wo
     trainer.final_eval = lambda: None  # prunebench validates separately (and never reloads pickles)
     for p in model.parameters():
         p.requires_grad_(True)
-    with _quiet():
+    with quiet_stdout():
         trainer.train()
     trained = trainer.ema.ema if trainer.ema is not None else trainer.model
     trained = trained.float().eval()
@@ -165,7 +164,7 @@ def evaluate_yolo(model: nn.Module, data_yaml: Path, imgsz: int, work_dir: Path,
     validator = DetectionValidator(args=args)
     _drop_integration_callbacks(validator)
     start = time.perf_counter()
-    with _quiet():
+    with quiet_stdout():
         stats = validator(model=copy.deepcopy(model).float().eval())  # AutoBackend fuses Conv+BN: use a copy
     example = torch.randn(1, 3, imgsz, imgsz)
     model.eval()
@@ -186,12 +185,6 @@ def _reset_cached_state(model: nn.Module) -> None:
         if hasattr(m, "anchors") and hasattr(m, "shape"):
             m.shape = None
 
-
-@contextlib.contextmanager
-def _quiet():
-    """ultralytics prints progress bars and tables to stdout: keep stdout clean for ``--json``."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
 
 
 # --------------------------------------------------------------------------- checkpoints

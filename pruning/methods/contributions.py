@@ -127,10 +127,9 @@ class _ConsumerImportance(_ActivationImportance):
         gen = torch.Generator().manual_seed(self.seed)
         stats: Dict[nn.Module, _Contributions] = {}
         for g in groups:
-            for dep, _ in g:
-                layer = dep.target.module
-                if dep.handler in IN_FNS and _consumer_ok(layer) and layer not in stats:
-                    stats[layer] = _Contributions(layer, self.samples_per_image, gen)
+            for member in group_members(g, IN_FNS):
+                if _consumer_ok(member.layer) and member.layer not in stats:
+                    stats[member.layer] = _Contributions(member.layer, self.samples_per_image, gen)
         hooks = [layer.register_forward_hook(lambda mod, inp, out, s=s: s.add(inp[0])) for layer, s in stats.items()]
         count = 0
         try:

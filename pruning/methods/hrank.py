@@ -5,9 +5,9 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torch_pruning.pruner import function
 
 from ..modes import eval_mode
+from ..tp_adapter import OUT_FNS, group_members
 from .activations import Batches, _ActivationImportance, _graph, _groups, _plain_conv
 from .base import CRITERION, register
 
@@ -41,9 +41,9 @@ class HRankImportance(_ActivationImportance):
         graph = _graph(model, batches, pruner)
         producers = {}
         for g in _groups(model, batches, pruner):
-            for dep, _ in g:
-                if dep.handler == function.prune_conv_out_channels and _plain_conv(dep.target.module):
-                    producers[dep.target.module] = None
+            for member in group_members(g, OUT_FNS):
+                if _plain_conv(member.layer):  # a linear layer's outputs have no feature maps
+                    producers[member.layer] = None
         hooks, sums = [], {}
         for conv in producers:
             node = graph.module2node.get(conv)

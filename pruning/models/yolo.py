@@ -18,8 +18,6 @@ Pruning, finetuning and validating a detection model are :mod:`pruning.detection
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import shutil
@@ -31,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import PruneBenchError, mismatch_reason
+from ..modes import quiet_stdout
 from ..safeload import load_npy, torch_load_safely
 from .registry import register_model
 
@@ -153,7 +152,7 @@ def build_yolo(name: str, num_classes: int, imgsz: Optional[int] = None) -> nn.M
         raise PruneBenchError(f"unknown YOLO model {name!r}; choose one of: {', '.join(YOLO_MODELS)}")
     ultralytics_setup()
     from ultralytics.nn.tasks import DetectionModel
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_stdout():
         model = DetectionModel(f"{name}.yaml", ch=3, nc=num_classes, verbose=False)
     replace_c2f(model)
     model.prunebench_name = name
