@@ -136,10 +136,11 @@ def test_every_module_imports_on_its_own():
 
 def test_families_register_themselves_and_a_duplicate_name_raises():
     import pruning
-    from pruning.models import register_family, register_model
+    from pruning.models import is_known_model, register_family, register_model
     names = pruning.list_models()
     assert {"resnet20", "resnet56", "resnet18", "resnet50", "vgg19", "yolov8n", "yolov8s", "yolov8m"} <= set(names)
     assert "timm/<name>" in names  # the pattern of a family, not a buildable name
+    assert all(is_known_model(n) for n in ("resnet20", "yolov8s", "timm/resnet18")) and not is_known_model("resnet21")
     for register, name in ((register_model, "resnet20"), (register_model, "timm/resnet18"),
                            (lambda prefix: register_family(prefix, prefix + "<name>"), "timm/")):
         with pytest.raises(ValueError, match="registered twice"):

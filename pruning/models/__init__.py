@@ -8,6 +8,6 @@ from __future__ import annotations
 
 from . import cifar, timm, yolo  # noqa: F401  (importing registers the families)
 from ..heads import classifier_layers
-from .registry import create_model, list_models, register_family, register_model
+from .registry import create_model, is_known_model, list_models, register_family, register_model
 
-__all__ = ["classifier_layers", "create_model", "list_models", "register_family", "register_model"]
+__all__ = ["classifier_layers", "create_model", "is_known_model", "list_models", "register_family", "register_model"]

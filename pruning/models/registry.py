@@ -44,6 +44,11 @@ def list_models() -> list[str]:
     return sorted(_BUILDERS) + [pattern for pattern, _ in _FAMILIES.values()]
 
 
+def is_known_model(name: str) -> bool:
+    """Whether ``name`` is a registered model or belongs to a registered family (checked without building it)."""
+    return name in _BUILDERS or any(name.startswith(prefix) for prefix in _FAMILIES)
+
+
 def create_model(name: str, num_classes: int, in_chans: int = 3, input_size: int = 32) -> nn.Module:
     """Build a model by registry name (``resnet20``, ``vgg19``, ``yolov8n``, ``timm/deit_tiny_patch16_224``, ...)."""
     for prefix, (_, build) in _FAMILIES.items():
