@@ -9,14 +9,19 @@ from torch import nn
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run the block with ``model`` in eval mode, then restore train/eval as it was (also after an exception)."""
+def training_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """Run the block with ``model`` in train (or eval) mode, then restore the mode it had (also after an exception)."""
     was_training = model.training
-    model.eval()
+    model.train(training)
     try:
         yield model
     finally:
         model.train(was_training)
+
+
+def eval_mode(model: nn.Module):
+    """Run the block with ``model`` in eval mode, then restore train/eval as it was (also after an exception)."""
+    return training_mode(model, False)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import PruneBenchError
 from ..methods import resolve
 from ..metrics import count_macs_params, measure_latency
-from ..modes import quiet_stdout
+from ..modes import quiet_stdout, training_mode
 from ..models.yolo import (  # noqa: F401  (re-exported: one import for callers)
     YOLO_MODELS, C2fSplit, _drop_integration_callbacks, build_yolo, check_imgsz, detect_head, is_yolo,
     load_ultralytics_weights, replace_c2f, ultralytics_globals, ultralytics_setup)
@@ -86,34 +86,38 @@ def _calibrate_detection_loss(model, importance, data_yaml, imgsz, batch, n_batc
     from ultralytics.cfg import get_cfg
     model.args = get_cfg()  # loss gains (box, cls, dfl)
     _reset_cached_state(model)
-    was_training = model.training
-    model.train()  # Detect returns raw predictions for the loss
     bn_state = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
     for p in model.parameters():
         p.requires_grad_(True)
     model.zero_grad(set_to_none=True)
+    with training_mode(model, True):  # Detect returns raw predictions for the loss
+        count = _backward_detection_loss(model, importance, islice(_detection_batches(data_yaml, imgsz, batch),
+                                                                   n_batches))
+    model.load_state_dict({**model.state_dict(), **bn_state})  # calibration must not move BatchNorm statistics
+    for name, p in model.named_parameters():
+        if ".dfl" in name:
+            p.requires_grad_(False)
+    return count
+
+
+def _backward_detection_loss(model, importance, batches) -> int:
+    """Backward passes of the detection loss: once per batch, or once per image for a per-sample importance."""
     per_sample = hasattr(importance, "accumulate_grad")
     if per_sample:
         importance.zero_grad()
     count = 0
-    for b in islice(_detection_batches(data_yaml, imgsz, batch), n_batches):
+    for b in batches:
         b["img"] = b["img"].float() / 255
         if per_sample:
             for i in range(len(b["img"])):
-                one = _one_image(b, i)
                 model.zero_grad(set_to_none=True)
-                loss, _ = model.loss(one)
+                loss, _ = model.loss(_one_image(b, i))
                 loss.sum().backward()
                 importance.accumulate_grad(model)
         else:
             loss, _ = model.loss(b)
             loss.sum().backward()
         count += len(b["img"])
-    model.load_state_dict({**model.state_dict(), **bn_state})  # calibration must not move BatchNorm statistics
-    for name, p in model.named_parameters():
-        if ".dfl" in name:
-            p.requires_grad_(False)
-    model.train(was_training)
     return count
 
 
