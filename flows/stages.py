@@ -243,8 +243,8 @@ def run_trial(params: Params, method: str, speedup: float, scope: str, dense: Pa
 def preflight(params: Params) -> None:
     """Before any training or written file: the model takes the dataset's input size, ``model.checkpoint`` loads
     into it, and a trial prune of a copy runs (a family that cannot be pruned fails here, naming the layer type)."""
-    from pruning.timm_support import check_input_size, check_prunable
-    from pruning.yolo import is_yolo
+    from pruning.preflight import check_input_size, check_prunable
+    from pruning.models.yolo import is_yolo
     if is_yolo(params.model.name):
         raise pruning.PruneBenchError(f"{params.model.name} is a detection model: use a detection dataset "
                                       f"(shapes or an ultralytics dataset .yaml)")
@@ -257,7 +257,7 @@ def preflight(params: Params) -> None:
 
 def is_detection(params: Params) -> bool:
     from pruning.detection import is_detection_dataset
-    from pruning.yolo import is_yolo
+    from pruning.models.yolo import is_yolo
     return is_yolo(params.model.name) or is_detection_dataset(params.data.dataset)
 
 
@@ -265,7 +265,8 @@ def detection_trial(params: Params, method: str, speedup: float, scope: str, che
                     work_dir: Path, finetune_epochs: Optional[int] = None,
                     cache_dir: Path = Path("models/cache")) -> dict:
     """YOLO on a detection dataset: dense baseline -> prune -> finetune (ultralytics trainer) -> validate."""
-    from pruning import detection, yolo
+    from pruning import detection
+    from pruning.detection import yolo
     from pruning.checkpoint import FORMAT
     name = params.model.name
     if not yolo.is_yolo(name):
@@ -333,7 +334,7 @@ def _is_prunebench(path: Path) -> bool:
 
 
 def _yolo_baseline(params: Params, model, data, cache_dir: Path, work_dir: Path):
-    from pruning import yolo
+    from pruning.detection import yolo
     path = Path(cache_dir) / f"dense-{params.model.name}-{data.name}-{data.imgsz}-{baseline_key(params)}.pt"
     if path.is_file():
         return yolo.load_yolo(path, expect_model=params.model.name, expect_classes=data.num_classes)[0]

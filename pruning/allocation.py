@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .errors import PruneBenchError
-from .models import classifier_layers
+from .heads import classifier_layers
+from .steps import prune
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -138,7 +139,6 @@ def group_widths(groups: dict[str, list[nn.Module]]) -> dict[str, int]:
 def reachable_speedup(model: nn.Module, example_inputs: torch.Tensor, protect: float,
                       num_classes: Optional[int] = None) -> float:
     """The largest MACs speedup any allocation can reach when every group keeps ``protect`` of its channels."""
-    from .steps import prune
     probe = copy.deepcopy(model)
     groups = layer_groups(probe, num_classes, example_inputs, max_groups=1)
     # ratio 1 in every group, capped by the protection floor (a plain pruning_ratio of 1 is not capped); several

@@ -16,8 +16,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .errors import PruneBenchError, first_line
+from .errors import PruneBenchError, first_line, mismatch_reason
 from .fileio import write_bytes
+from .family import fix_attention, graph
 from .models import create_model
 from .safeload import torch_load_safely
 
@@ -79,20 +80,12 @@ def replay_history(model: nn.Module, example_inputs: torch.Tensor, history: list
     The graph uses the same unwrapped-parameter rule as pruning (pos_embed, cls_token, layer-scale gamma), and
     ``attention`` (module name -> heads, recorded when heads were pruned) restores ``num_heads``/``head_dim``.
     """
-    from .timm_support import fix_attention, graph
     try:
         graph(model, example_inputs).load_pruning_history([(name, is_out, list(idxs)) for name, is_out, idxs in history])
     except (AttributeError, IndexError, RuntimeError, KeyError) as e:
         raise PruneBenchError(f"pruning history does not fit the model ({type(e).__name__}: {e})")
     fix_attention(model, attention or {})
     return model
-
-
-def mismatch_reason(error: RuntimeError, limit: int = 300) -> str:
-    """The first concrete problem of a ``load_state_dict`` error (its first line only names the model class)."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    reason = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else (lines or [""])[0]
-    return reason if len(reason) <= limit else reason[:limit] + " ..."
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from .errors import PruneBenchError, first_line, unknown_choice
 from .safeload import PlainDataUnpickler, RefusedGlobal

@@ -26,3 +26,10 @@ def first_line(error: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(error).__name__
+
+
+def mismatch_reason(error: RuntimeError, limit: int = 300) -> str:
+    """The first concrete problem of a ``load_state_dict`` error (its first line only names the model class)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    reason = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else (lines or [""])[0]
+    return reason if len(reason) <= limit else reason[:limit] + " ..."

@@ -15,41 +15,38 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .modes import eval_mode
+
 
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
     """(MACs, params) of one forward pass on ``example_inputs`` (give it a batch of 1)."""
-    was_training = model.training
-    macs, params = tp.utils.count_ops_and_params(model, example_inputs=example_inputs)
-    model.train(was_training)
+    with eval_mode(model):  # Torch-Pruning's counter leaves the model in eval mode
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs=example_inputs)
     return int(macs), int(params)
 
 
 @torch.no_grad()
 def measure_latency(model: nn.Module, inputs: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
     """Median seconds per forward pass of ``inputs`` on the CPU."""
-    was_training = model.training
-    model.eval()
-    for _ in range(warmup):
-        model(inputs)
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(inputs)
-        times.append(time.perf_counter() - start)
-    model.train(was_training)
+    with eval_mode(model):
+        for _ in range(warmup):
+            model(inputs)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(inputs)
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, loader: Iterable) -> float:
     """Top-1 accuracy in percent."""
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    for x, y in loader:
-        correct += (model(x).argmax(1) == y).sum().item()
-        total += len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in loader:
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += len(y)
     return 100.0 * correct / max(total, 1)
 
 

@@ -13,10 +13,12 @@ import torch_pruning as tp
 from torch import nn
 
 from .errors import PruneBenchError, unknown_choice
-from .methods import CRITERION, SPARSIFIER, get_method, resolve
+from .family import FAMILY_OPTIONS, family_options
+from .heads import classifier_layers
+from .methods import SPARSIFIER, get_method, resolve
 from .metrics import accuracy, channel_table, count_macs_params, layer_widths, measure_latency
-from .models import classifier_layers
-from .timm_support import FAMILY_OPTIONS, family_options
+from .modes import eval_mode
+from .tp_adapter import channel_groups, is_attention_group, module_names
 from .train import Recipe, train
 
 SCOPES = ("local", "global", "protected", "isomorphic")
@@ -74,11 +76,11 @@ def group(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None) -
     num_classes = _num_classes(model, example_inputs)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     rows = []
+    names = module_names(graph)
     for g in graph.get_all_groups(ignored_layers=_ignored(model, num_classes, ignored_layers)):
-        members = sorted({graph._module2name[dep.target.module] for dep, _ in g
-                          if dep.target.module in graph._module2name})
+        members = sorted({names[dep.target.module] for dep, _ in g if dep.target.module in names})
         root = g[0].dep.target.module
-        rows.append({"root": graph._module2name.get(root, str(root)), "channels": len(g[0].idxs),
+        rows.append({"root": names.get(root, str(root)), "channels": len(g[0].idxs),
                      "members": members})
     return rows
 
@@ -101,7 +103,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
     ``local`` (same ratio per layer), ``global``, ``protected`` (global, every group keeps >= ``protect`` of its
     channels) and ``isomorphic`` (global ranking within buckets of structurally identical groups, with protection).
     ``seed`` fixes a criterion's own random draws (the ``random`` scores).
-    ``head_ratio`` and ``head_dim_ratio`` control attention pruning (see :func:`pruning.timm_support.family_options`);
+    ``head_ratio`` and ``head_dim_ratio`` control attention pruning (see :func:`pruning.family.family_options`);
     other keyword options go to Torch-Pruning's ``BasePruner`` (e.g. ``num_heads``, ``customized_pruners``).
     """
     importance, name, needs_data = _importance(method, model, example_inputs, num_classes, seed)
@@ -171,9 +173,8 @@ def _protected_step(pruner: tp.pruner.BasePruner, protect: float) -> None:
         is_out = pruner.DG.is_out_channel_pruning_fn(dep.handler)
         initial = (pruner.layer_init_out_ch if is_out else pruner.layer_init_in_ch).get(module)
         current = pruner.DG.get_out_channels(module) if is_out else pruner.DG.get_in_channels(module)
-        is_attention, _ = pruner._is_atten_group(g)
         # attention heads and grouped channels prune in fixed patterns that trimming would break
-        if protect > 0 and initial and current and not is_attention and pruner._get_channel_groups(g) == 1:
+        if protect > 0 and initial and current and not is_attention_group(pruner, g) and channel_groups(pruner, g) == 1:
             allowed = current - max(1, math.ceil(initial * protect - 1e-9))
             if allowed <= 0:
                 continue
@@ -226,11 +227,8 @@ def _plain_history(history) -> list:
 
 
 def _num_classes(model: nn.Module, example_inputs: torch.Tensor) -> int:
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         out = model(example_inputs)
-    model.train(was_training)
     return int(out.shape[-1])
 
 

@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 import pruning
 from pruning.allocation import group_widths, layer_groups, ratio_dict, reachable_speedup, scalable
@@ -65,9 +66,10 @@ def test_absolute_ratios_without_a_target_run_every_step_to_each_group_ratio():
 
 def test_reachable_speedup_falls_as_the_protection_floor_rises():
     model, x = resnet20()
+    dense = pruning.count_macs_params(model, x)
     low, high = reachable_speedup(model, x, 0.05, 10), reachable_speedup(model, x, 0.3, 10)
     assert low > high > 4
-    assert pruning.count_macs_params(model, x)[0] > 0  # the model itself was not pruned
+    assert pruning.count_macs_params(model, x) == dense  # the probes pruned copies, not the model
 
 
 def test_allocation_mistakes_are_named():
@@ -80,3 +82,50 @@ def test_allocation_mistakes_are_named():
     other = copy.deepcopy(model)  # a ratio dict built from another object must not silently do nothing
     with pytest.raises(pruning.PruneBenchError, match="not part of the model"):
         pruning.prune(other, x, "l1", 2.0, pruning_ratio_dict=ratio_dict(groups, {g: 1.0 for g in groups}))
+
+
+class TwoKinds(nn.Module):
+    """Two kinds of DepGraph group: ``a1``/``a2`` (conv -> BN -> conv) and ``b1``/``b2`` (conv -> conv, no BN)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.a2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.b1 = nn.Conv2d(16, 16, 3, padding=1)
+        self.b2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.b3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.a1(x)))
+        x = torch.relu(self.bn2(self.a2(x)))
+        x = torch.relu(self.b3(torch.relu(self.b2(torch.relu(self.b1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+class ScoreByLayer:
+    """An importance giving every channel of a group its root layer's base score plus a small seeded spread."""
+
+    def __init__(self, model, base):
+        self.base = {getattr(model, name): value for name, value in base.items()}
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __call__(self, group):
+        n = len(group[0].idxs)
+        return self.base.get(group[0].dep.target.module, 0.0) + 0.1 * torch.rand(n, generator=self.generator)
+
+
+@pytest.mark.parametrize("scope", ["global", "isomorphic"])
+def test_isomorphic_ranks_each_group_only_against_groups_of_its_structure(scope):
+    """Every a-channel outscores every b-channel.  A global ranking takes b-channels only; the isomorphic scope
+    ranks a1 against a2 and b1 against b2, so each kind loses channels, each from its lower-scored member."""
+    torch.manual_seed(0)
+    model = TwoKinds().eval()
+    base = {"a1": 40.0, "a2": 30.0, "b1": 20.0, "b2": 10.0, "b3": 0.0}
+    pruning.prune(model, torch.randn(1, 3, 8, 8), ScoreByLayer(model, base), 1.5, scope, steps=20, num_classes=10)
+    lost = {name: 16 - getattr(model, name).out_channels for name in base}
+    if scope == "global":
+        assert lost["a1"] == lost["a2"] == 0 and lost["b2"] > 0
+    else:
+        assert lost["a2"] > 0 and lost["b2"] > 0  # each kind gives channels, whatever the other kind scores
+        assert lost["a1"] < lost["a2"] and lost["b1"] < lost["b2"]

@@ -93,12 +93,13 @@ def test_bnscale_is_the_normalised_absolute_gamma(tiny):
     assert torch.allclose(score("bnscale", model, group), gamma / gamma.mean(), atol=1e-4)
 
 
-def test_random_gives_one_score_per_channel(tiny):
+def test_random_gives_varied_scores_fixed_by_its_seed(tiny):
     model, group = tiny
-    torch.manual_seed(3)
-    first = score("random", model, group)
-    torch.manual_seed(3)
-    assert first.shape == (8,) and torch.equal(first, score("random", model, group))
+    first = score("random", model, group, seed=3)
+    assert first.shape == (8,) and len(set(first.tolist())) == 8  # not a constant (or tied) vector
+    torch.manual_seed(99)  # torch's global generator plays no part
+    assert torch.equal(first, score("random", model, group, seed=3))
+    assert not torch.equal(first, score("random", model, group, seed=4))
 
 
 def test_taylor_is_abs_weight_times_gradient_of_the_mean_loss(tiny):

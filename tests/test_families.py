@@ -6,7 +6,8 @@ import torch
 
 import pruning
 from pruning import PruneBenchError
-from pruning.timm_support import attention_modules, check_input_size, check_prunable
+from pruning.family import attention_modules
+from pruning.preflight import check_input_size, check_prunable
 
 SIZE, CLASSES = 32, 10
 FAMILIES = {  # the smallest timm variant of each family

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import pruning
-from pruning import PruneBenchError, detection, yolo
+from pruning import PruneBenchError, detection
+from pruning.detection import yolo
 from pruning.data import MIN_IMAGES_PER_CLASS
 
 IMGSZ = 64

@@ -3,8 +3,10 @@ reload, finetuning of the pruned object by ultralytics' trainer, validation mAP,
 and the offline/quiet setup."""
 import copy
 import os
+import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 if "ultralytics" not in sys.modules:  # keep ultralytics' settings and fonts out of the user's folders
     os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="prunebench-yolo-cfg-"))
@@ -14,7 +16,8 @@ import torch
 import yaml
 
 import pruning
-from pruning import PruneBenchError, detection, yolo
+from pruning import PruneBenchError, detection
+from pruning.detection import yolo
 
 IMGSZ = 64
 
@@ -135,10 +138,22 @@ def test_bad_image_size_and_bad_model():
         yolo.build_yolo("yolov9x", 3)
 
 
+def test_setup_makes_ultralytics_offline_without_any_environment_of_ours(tmp_path):
+    """conftest sets YOLO_OFFLINE itself, so the setup's own effect is checked in a process without it, on a
+    machine that looks connected (every DNS lookup answers): ultralytics must still consider itself offline."""
+    env = {k: v for k, v in os.environ.items() if k != "YOLO_OFFLINE"}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), YOLO_CONFIG_DIR=str(tmp_path))
+    code = ("import socket; socket.getaddrinfo = lambda *a, **k: [('looks', 'connected')]; "
+            "from pruning.models.yolo import ultralytics_setup; ultralytics_setup(); "
+            "from ultralytics import utils; print(utils.ONLINE, utils.is_online())")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]  # no connectivity check, no download attempt
+
+
 def test_offline_and_quiet_setup():
     yolo.ultralytics_setup()
     from ultralytics import utils
-    assert os.environ["YOLO_OFFLINE"] == "1"
     assert all(utils.SETTINGS.get(k) is False for k in ("mlflow", "dvc", "wandb", "comet", "clearml", "sync"))
     assert (utils.USER_CONFIG_DIR / "Arial.ttf").is_file()  # the font check finds it locally: no download
 

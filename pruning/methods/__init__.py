@@ -14,6 +14,7 @@ used during sparse training.  A benchmark method is a criterion, optionally pair
 from __future__ import annotations
 
 from .base import CRITERION, SPARSIFIER, Method, MethodPair, get_method, list_methods, register, resolve
-from . import magnitude, gradient, sparsifiers, datadriven, group_lasso  # noqa: F401  (importing registers the methods)
+from . import cp, group_lasso, hrank, magnitude, obd, sparsifiers, taylor, thinet  # noqa: F401  (importing registers
+#   the methods: one module per paper, over shared .activations, .contributions, .gradient_scores, .per_sample_grads)
 
 __all__ = ["CRITERION", "SPARSIFIER", "Method", "MethodPair", "get_method", "list_methods", "register", "resolve"]

@@ -12,30 +12,22 @@ from __future__ import annotations
 
 import torch
 import torch_pruning as tp
-from torch import nn
-from torch_pruning.pruner import function
 
+from ..tp_adapter import BN_FNS, IN_FNS, OUT_FNS, group_members
 from .base import SPARSIFIER, register
 from .sparsifiers import Sparsifier
-
-_OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
-_IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
-_BN_FNS = (function.prune_batchnorm_out_channels,)
 
 
 def _members(group):
     """(layer, kind, idxs, root_idxs) for each penalised member of a group; kind is 'out', 'in' or 'bn'."""
     seen, members = set(), []
-    for i, (dep, idxs) in enumerate(group):
-        layer, fn = dep.target.module, dep.handler
-        root = group[i].root_idxs
-        if any(r is None for r in root):
-            continue
-        if fn in _OUT_FNS and not getattr(layer, "transposed", False):
+    for member in group_members(group):
+        layer, fn = member.layer, member.handler
+        if fn in OUT_FNS and not getattr(layer, "transposed", False):
             kind = "out"
-        elif fn in _IN_FNS and not getattr(layer, "transposed", False) and getattr(layer, "groups", 1) == 1:
+        elif fn in IN_FNS and not getattr(layer, "transposed", False) and getattr(layer, "groups", 1) == 1:
             kind = "in"
-        elif fn in _BN_FNS and getattr(layer, "affine", False):
+        elif fn in BN_FNS and getattr(layer, "affine", False):
             kind = "bn"
         else:
             continue
@@ -43,8 +35,8 @@ def _members(group):
         if key in seen:
             continue
         seen.add(key)
-        members.append((layer, kind, torch.as_tensor(list(idxs), dtype=torch.long),
-                        torch.as_tensor(list(root), dtype=torch.long)))
+        members.append((layer, kind, torch.as_tensor(list(member.idxs), dtype=torch.long),
+                        torch.as_tensor(list(member.root_idxs), dtype=torch.long)))
     return members
 
 

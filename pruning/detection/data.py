@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from .errors import PruneBenchError, first_line
+from ..errors import PruneBenchError, first_line
 
 SHAPES = ("square", "circle", "triangle")
 SHAPES_VERSION = 1

@@ -1,73 +1,10 @@
-"""Model registry: CIFAR-style ResNets and VGG built here, and any timm model as ``timm/<name>``.
-
-Every model is built without pretrained weights; a local checkpoint is the way to bring weights
-(see :mod:`pruning.checkpoint`).
-"""
+"""CIFAR-style ResNets (3x3 stem, no max-pool) and VGG with BatchNorm, as used on 32x32 inputs."""
 from __future__ import annotations
-
-from typing import Callable, Dict
 
 import torch
 from torch import nn
 
-from .errors import PruneBenchError, unknown_choice
-from .yolo import YOLO_MODELS
-
-_BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(name: str):
-    """Decorator: make a builder ``fn(num_classes, in_chans, input_size) -> nn.Module`` available by name."""
-    def wrap(fn):
-        _BUILDERS[name] = fn
-        return fn
-    return wrap
-
-
-def list_models() -> list[str]:
-    return sorted(_BUILDERS) + list(YOLO_MODELS) + ["timm/<name>"]
-
-
-def create_model(name: str, num_classes: int, in_chans: int = 3, input_size: int = 32) -> nn.Module:
-    """Build a model by registry name (``resnet20``, ``vgg19``, ``timm/deit_tiny_patch16_224``, ...)."""
-    if name.startswith("timm/"):
-        return _create_timm(name[len("timm/"):], num_classes, in_chans, input_size)
-    if name in YOLO_MODELS:  # detection: ultralytics' yaml, C2f made prunable (see pruning.yolo)
-        from .yolo import build_yolo
-        return build_yolo(name, num_classes, input_size)
-    if name not in _BUILDERS:
-        raise unknown_choice("model", name, list_models())
-    return _BUILDERS[name](num_classes=num_classes, in_chans=in_chans, input_size=input_size)
-
-
-def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
-    """The output layers that must keep their width: timm's classifier, else layers emitting ``num_classes``."""
-    if hasattr(model, "get_classifier"):
-        head = model.get_classifier()
-        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-            return [head]
-    found = [m for m in model.modules()
-             if (isinstance(m, nn.Linear) and m.out_features == num_classes)
-             or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes)]
-    return found[-1:]
-
-
-def _create_timm(name: str, num_classes: int, in_chans: int, input_size: int) -> nn.Module:
-    import timm
-    if not timm.list_models(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        hint = f"; similar: {', '.join(close)}" if close else ""
-        raise PruneBenchError(f"unknown timm model {name!r}{hint}")
-    kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans)
-    try:
-        try:
-            return timm.create_model(name, img_size=input_size, **kwargs)
-        except TypeError:  # convolutional families take any input size and have no img_size argument
-            return timm.create_model(name, **kwargs)
-    except Exception as e:  # e.g. a window or patch size that does not fit the input size
-        text = str(e).strip().splitlines()
-        raise PruneBenchError(f"timm model {name!r} cannot be built for {input_size}x{input_size} inputs: "
-                              f"{type(e).__name__}: {text[0] if text else ''}")
+from .registry import register_model
 
 
 # --------------------------------------------------------------------------- CIFAR ResNets

@@ -1,7 +1,7 @@
-"""Family-specific pruning support for timm models: attention heads, layer scales, unwrapped parameters.
+"""Family-specific pruning support: attention heads, layer scales, grouped convolutions, unwrapped parameters.
 
 Torch-Pruning's dependency graph prunes the tensors; this module tells it what it cannot see for itself and repairs
-what it does not touch:
+what it does not touch (none of it is timm-specific: it keys on module attributes and parameter ownership):
 
 * **Attention** (any module with a ``qkv`` ``nn.Linear`` and ``num_heads``/``head_dim`` attributes, e.g. timm's
   ``Attention`` used by ViT and DeiT): ``num_heads`` is given to the pruner for ``qkv`` so head dimensions are
@@ -13,14 +13,11 @@ what it does not touch:
   pruner explicitly with their channel dimension (the last non-singleton one), the same rule in pruning and in
   checkpoint replay, so both prune them identically.
 * **Unsupported layers**: attention-like modules this module cannot repair (they hold ``num_heads`` but no fused
-  ``qkv`` projection) are named in a :class:`~pruning.errors.PruneBenchError` before any work, and
-  :func:`check_prunable` runs a trial prune on a copy so a family that breaks fails with the layer type named,
-  not with a shape error deep in torch.
+  ``qkv`` projection) are named in a :class:`~pruning.errors.PruneBenchError` before any work
+  (:mod:`pruning.preflight` trial-prunes a copy for everything else).
 """
 from __future__ import annotations
 
-import copy
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -29,6 +26,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .errors import PruneBenchError
+from .tp_adapter import channel_groups, is_attention_group, veto_pruning_ratio_check
 
 # Option names this module consumes from ``prune(**options)``; the rest go to Torch-Pruning.
 FAMILY_OPTIONS = ("head_ratio", "head_dim_ratio")
@@ -166,9 +164,9 @@ def _keep_group_width(pruner) -> None:
 
     def guarded(group):
         imp = estimate(group)
-        if imp is None or pruner._is_atten_group(group)[0]:
+        if imp is None or is_attention_group(pruner, group):
             return imp
-        groups = pruner._get_channel_groups(group)
+        groups = channel_groups(pruner, group)
         if groups <= 1 or len(imp) % groups:
             return imp
         per = imp.view(groups, -1)
@@ -177,17 +175,12 @@ def _keep_group_width(pruner) -> None:
         per[:, keep] = float("inf")
         return per.view(-1)
 
-    check = pruner._check_pruning_ratio
-
-    def checked(group):  # a group at the minimum width leaves the ranking (and its +inf scores with it)
-        for dep, _ in group:
-            m = dep.target.module
-            if _is_grouped(m) and m.in_channels // m.groups <= MIN_GROUP_WIDTH:
-                return False
-        return check(group)
+    def at_minimum(group):  # a group at the minimum width leaves the ranking (and its +inf scores with it)
+        return any(_is_grouped(m) and m.in_channels // m.groups <= MIN_GROUP_WIDTH
+                   for m in (dep.target.module for dep, _ in group))
 
     pruner.estimate_importance = guarded
-    pruner._check_pruning_ratio = checked
+    veto_pruning_ratio_check(pruner, at_minimum)
 
 
 # --------------------------------------------------------------------------- attribute repair
@@ -215,110 +208,3 @@ def fix_attention(model: nn.Module, num_heads: Optional[dict] = None) -> dict:
         record[name] = heads
     model.prunebench_attention = record
     return record
-
-
-# --------------------------------------------------------------------------- pre-flight checks
-def check_input_size(model: nn.Module, example_inputs: torch.Tensor, label: str = "model") -> None:
-    """One forward pass at the dataset's input size; a failure becomes a PruneBenchError naming the size."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_inputs)
-    except Exception as e:
-        size = "x".join(str(s) for s in example_inputs.shape[-2:])
-        raise PruneBenchError(f"{label} cannot take {size} inputs: {_first_line(e)}")
-    finally:
-        model.train(was_training)
-
-
-def check_prunable(model: nn.Module, example_inputs: torch.Tensor, num_classes: int,
-                   label: str = "model") -> None:
-    """Trial-prune a copy (one step, about 10% of channels, L2) and run it, before any real work.
-
-    A failure names the layer type where the pruned copy broke (or where the graph could not be built).
-    """
-    from .models import classifier_layers
-    trial = copy.deepcopy(model).eval()
-    hooks = family_options(trial)
-    current = _LayerTracker(trial)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pruner = tp.pruner.BasePruner(trial, example_inputs, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                          pruning_ratio=0.1, iterative_steps=1,
-                                          ignored_layers=classifier_layers(trial, num_classes), **hooks.options)
-            if hooks.configure:
-                hooks.configure(pruner)
-            pruner.step()
-            if hooks.after_step:
-                hooks.after_step(pruner)
-            with current, torch.no_grad():
-                trial(example_inputs)
-    except PruneBenchError:
-        raise
-    except Exception as e:
-        where = current.describe() or _layer_in_traceback(e, trial)
-        raise PruneBenchError(f"{label} cannot be pruned{where}: {_first_line(e)}")
-
-
-class _LayerTracker:
-    """Forward hooks keeping the stack of modules entered and not yet left: where a forward pass failed."""
-
-    def __init__(self, model: nn.Module):
-        self.model, self.handles, self.stack, self.failed = model, [], [], None
-
-    def __enter__(self):
-        for name, m in self.model.named_modules():
-            if name:
-                self.handles.append(m.register_forward_pre_hook(
-                    lambda mod, _inp, n=name: self.stack.append((n, mod))))
-                self.handles.append(m.register_forward_hook(self._leave))
-        return self
-
-    def _leave(self, *_):
-        self.stack.pop()  # returns None: a forward hook's return value would replace the output
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is not None and self.stack:
-            self.failed = list(self.stack)
-        for h in self.handles:
-            h.remove()
-        return False
-
-    def describe(self) -> str:
-        """' (layer type X at name)': the innermost model-specific layer open when the forward pass failed."""
-        if not self.failed:
-            return ""
-        custom = [(n, m) for n, m in self.failed if not type(m).__module__.startswith("torch.nn")]
-        name, mod = (custom or self.failed)[-1]
-        inner_name, inner = self.failed[-1]
-        inner_txt = f", in {type(inner).__name__} {inner_name}" if inner is not mod else ""
-        return f" (layer type {type(mod).__name__} at {name}{inner_txt})"
-
-
-def _layer_in_traceback(e: Exception, model: nn.Module) -> str:
-    """' (layer type X at name)' for the innermost frame that was handling one of the model's layers."""
-    names = {id(m): n for n, m in model.named_modules()}
-    tb, found = e.__traceback__, None
-    while tb is not None:
-        for key in ("layer", "module", "m"):
-            value = tb.tb_frame.f_locals.get(key)
-            if isinstance(value, nn.Module) and id(value) in names:
-                found = value
-        tb = tb.tb_next
-    if found is None:
-        return ""
-    name = names[id(found)]
-    modules = dict(model.named_modules())
-    parts = name.split(".")
-    for i in range(len(parts), 0, -1):  # the nearest model-specific layer around it
-        owner = modules.get(".".join(parts[:i]))
-        if owner is not None and not type(owner).__module__.startswith("torch.nn"):
-            return f" (layer type {type(owner).__name__} at {'.'.join(parts[:i])}, in {type(found).__name__} {name})"
-    return f" (layer type {type(found).__name__} at {name})"
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"

@@ -1,4 +1,4 @@
-"""YOLOv8 detection through ultralytics: build (no download), make prunable, prune, finetune, validate.
+"""YOLOv8 building blocks through ultralytics: build (no download), make prunable, load local weights.
 
 * ``yolov8n|s|m`` are built from ultralytics' bundled yaml with random weights, or their weights come from a local
   ``.pt`` (:func:`load_ultralytics_weights`), read with ``torch.load(weights_only=True)`` and an allow-list of the
@@ -6,36 +6,32 @@
 * ``C2f`` splits its first convolution's output with ``chunk``, which DepGraph cannot follow; :func:`replace_c2f`
   swaps every ``C2f`` for :class:`C2fSplit`, the same computation with that convolution cut in two (weights and
   BatchNorm statistics copied), so outputs are identical and both halves prune.  The ``Detect`` head is protected.
-* Pruning is :func:`pruning.steps.prune` on the detection model at the dataset's ``imgsz``; data-driven criteria
-  (taylor, hessian) are calibrated with ultralytics' detection loss instead of cross-entropy.
-* Finetuning runs ultralytics' ``DetectionTrainer`` on the pruned model object itself (``trainer.model`` is set
-  before ``train()``, so nothing is rebuilt from yaml); evaluation is ultralytics' ``DetectionValidator``:
-  mAP50-95 and mAP50.
 * Offline and quiet: ``YOLO_OFFLINE``; ultralytics' settings dir defaults to a prunebench cache folder holding a
   local TTF (matplotlib's DejaVuSans) as ``Arial.ttf``, so the font check of ``check_det_dataset`` never downloads;
   the integration callbacks (MLflow, DVC, ClearML, Comet, W&B, TensorBoard, Ray Tune) and analytics are switched
   off in memory for this process (the user's settings file is not rewritten) and removed from every trainer,
-  because ultralytics' MLflow callback would take over the caller's active MLflow run; ``plots=False``.  Its
-  dataset label caches (pickled ``.cache`` files) are read without unpickling code (:func:`_safe_label_caches`).
+  because ultralytics' MLflow callback would take over the caller's active MLflow run.  Its dataset label caches
+  (pickled ``.cache`` files) are read without unpickling code (:func:`_safe_label_caches`).
+
+ultralytics itself is imported inside functions: it is a heavy optional dependency, paid only when YOLO is used.
+Pruning, finetuning and validating a detection model are :mod:`pruning.detection.yolo`, on top of these.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import logging
 import os
 import shutil
-import time
-from itertools import islice
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import nn
 
-from .errors import PruneBenchError
-from .safeload import load_npy, torch_load_safely
+from ..errors import PruneBenchError, mismatch_reason
+from ..modes import quiet_stdout
+from ..safeload import load_npy, torch_load_safely
+from .registry import register_model
 
 YOLO_MODELS = ("yolov8n", "yolov8s", "yolov8m")
 INTEGRATIONS = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb", "hub", "sync")
@@ -156,7 +152,7 @@ def build_yolo(name: str, num_classes: int, imgsz: Optional[int] = None) -> nn.M
         raise PruneBenchError(f"unknown YOLO model {name!r}; choose one of: {', '.join(YOLO_MODELS)}")
     ultralytics_setup()
     from ultralytics.nn.tasks import DetectionModel
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_stdout():
         model = DetectionModel(f"{name}.yaml", ch=3, nc=num_classes, verbose=False)
     replace_c2f(model)
     model.prunebench_name = name
@@ -180,7 +176,6 @@ def load_ultralytics_weights(model: nn.Module, path: str | os.PathLike) -> nn.Mo
     try:
         model.load_state_dict(source.state_dict(), strict=True)
     except RuntimeError as e:
-        from .checkpoint import mismatch_reason
         raise PruneBenchError(f"YOLO weights in {path} do not fit {getattr(model, 'prunebench_name', 'the model')} "
                               f"with {int(detect_head(model).nc)} classes: {mismatch_reason(e)}") from None
     return model
@@ -190,7 +185,6 @@ def ultralytics_globals() -> list:
     """Exactly the classes an ultralytics YOLOv8 detection ``.pt`` pickles: the model's layers, its hyperparameter
     namespace, and numpy scalars (older trainers stored ``best_fitness`` as one).  Each class is also allowed under
     its pre-8.1 flat name (``ultralytics.nn.modules.Conv``) and the namespace under ``ultralytics.yolo.utils``."""
-    import numpy as np
     from ultralytics.nn.modules import C2f, DFL, SPPF, Bottleneck, Concat, Conv, Detect
     from ultralytics.nn.tasks import DetectionModel
     from ultralytics.utils import IterableSimpleNamespace
@@ -208,7 +202,7 @@ def _checkpoint_model(ckpt, path: Path) -> nn.Module:
     """The module an ultralytics checkpoint holds: its EMA (trainer checkpoints) or its model (released weights)."""
     if isinstance(ckpt, dict) and "format" in ckpt and "state_dict" in ckpt:
         raise PruneBenchError(f"{path} is a prunebench checkpoint, not ultralytics weights "
-                              f"(it loads with pruning.yolo.load_yolo)")
+                              f"(it loads with pruning.detection.yolo.load_yolo)")
     source = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else ckpt
     if not isinstance(source, nn.Module):
         raise PruneBenchError(f"{path} is not an ultralytics checkpoint: it holds no 'ema' or 'model' module")
@@ -229,179 +223,13 @@ def check_imgsz(imgsz: int, model: Optional[nn.Module] = None) -> None:
         raise PruneBenchError(f"YOLO cannot take imgsz {imgsz}: it must be a positive multiple of the stride {stride}")
 
 
-# --------------------------------------------------------------------------- prune
-def prune_yolo(model: nn.Module, imgsz: int, method: str, speedup: float, scope: str = "protected",
-               data_yaml: Optional[Path] = None, *, calibration_batches: int = 2, batch: int = 16, **options):
-    """Prune a YOLO DetectionModel to ``speedup`` (dense MACs / pruned MACs at ``imgsz``); Detect is protected."""
-    from . import steps
-    from .methods import resolve
-    pair = resolve(method)
-    check_imgsz(imgsz, model)
-    model.eval()
-    example = torch.randn(1, 3, imgsz, imgsz)
-    nc = int(detect_head(model).nc)
-    importance = pair.criterion.build(num_classes=nc)
-    samples = 0
-    if pair.needs_data:
-        if pair.criterion.name not in ("taylor", "hessian"):
-            raise PruneBenchError(f"method {pair.criterion.name!r} is calibrated on classification outputs; for YOLO "
-                                  f"use a data-free criterion or taylor/hessian (detection loss)")
-        if data_yaml is None:
-            raise PruneBenchError(f"method {pair.criterion.name!r} needs calibration data (a detection dataset)")
-        samples = _calibrate_detection_loss(model, importance, data_yaml, imgsz, batch, calibration_batches)
-        importance = _Calibrated(importance)  # gradients are in place: prune() must not recalibrate
-    model, report = steps.prune(model, example, importance, speedup, scope, num_classes=nc,
-                                ignored_layers=[detect_head(model)], **options)
-    report.method = pair.name
-    report.calibration_samples = samples
-    model.zero_grad(set_to_none=True)
-    return model, report
 
 
-class _Calibrated:
-    """An importance whose calibration already ran (hides ``calibrate`` from :func:`pruning.steps.prune`)."""
-
-    def __init__(self, importance):
-        self.importance = importance
-
-    def __call__(self, group):
-        return self.importance(group)
+def _register(name: str) -> None:
+    @register_model(name)
+    def build(num_classes, input_size=None, **_):
+        return build_yolo(name, num_classes, input_size)
 
 
-def _detection_batches(data_yaml: Path, imgsz: int, batch: int, split: str = "train"):
-    """ultralytics' own detection dataloader (no augmentation) over a split of the dataset yaml."""
-    ultralytics_setup()
-    from ultralytics.cfg import get_cfg
-    from ultralytics.data import build_dataloader, build_yolo_dataset
-    from ultralytics.data.utils import check_det_dataset
-    data = check_det_dataset(str(data_yaml))
-    cfg = get_cfg(overrides={"imgsz": imgsz, "batch": batch, "workers": 0})
-    dataset = build_yolo_dataset(cfg, data[split], batch, data, mode="val", rect=False, stride=32)
-    return build_dataloader(dataset, batch, 0, shuffle=False)
-
-
-def _calibrate_detection_loss(model, importance, data_yaml, imgsz, batch, n_batches) -> int:
-    """Gradients of the detection loss in ``.grad`` (taylor), or per-image squared gradients (hessian)."""
-    from ultralytics.cfg import get_cfg
-    model.args = get_cfg()  # loss gains (box, cls, dfl)
-    _reset_cached_state(model)
-    was_training = model.training
-    model.train()  # Detect returns raw predictions for the loss
-    bn_state = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model.zero_grad(set_to_none=True)
-    per_sample = hasattr(importance, "accumulate_grad")
-    if per_sample:
-        importance.zero_grad()
-    count = 0
-    for b in islice(_detection_batches(data_yaml, imgsz, batch), n_batches):
-        b["img"] = b["img"].float() / 255
-        if per_sample:
-            for i in range(len(b["img"])):
-                one = _one_image(b, i)
-                model.zero_grad(set_to_none=True)
-                loss, _ = model.loss(one)
-                loss.sum().backward()
-                importance.accumulate_grad(model)
-        else:
-            loss, _ = model.loss(b)
-            loss.sum().backward()
-        count += len(b["img"])
-    model.load_state_dict({**model.state_dict(), **bn_state})  # calibration must not move BatchNorm statistics
-    for name, p in model.named_parameters():
-        if ".dfl" in name:
-            p.requires_grad_(False)
-    model.train(was_training)
-    return count
-
-
-def _one_image(b: dict, i: int) -> dict:
-    keep = b["batch_idx"] == i
-    return {"img": b["img"][i:i + 1], "cls": b["cls"][keep], "bboxes": b["bboxes"][keep],
-            "batch_idx": torch.zeros(int(keep.sum()))}
-
-
-# --------------------------------------------------------------------------- finetune / evaluate
-def finetune_yolo(model: nn.Module, data_yaml: Path, imgsz: int, epochs: int, work_dir: Path, *, batch: int = 16,
-                  lr0: float = 0.001, seed: int = 0) -> nn.Module:
-    """Finetune the given model object with ultralytics' DetectionTrainer; return the trained (EMA) model."""
-    ultralytics_setup()
-    from ultralytics.models.yolo.detect import DetectionTrainer
-    # ``model`` only names the architecture for ultralytics' bookkeeping: trainer.model is replaced below
-    overrides = dict(model=f"{getattr(model, 'prunebench_name', 'yolov8n')}.yaml", data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=0,
-                     plots=False, val=False, project=str(Path(work_dir).resolve()), name="finetune", exist_ok=True,
-                     amp=False, seed=seed, deterministic=True, optimizer="SGD", lr0=lr0, warmup_epochs=0,
-                     close_mosaic=0, verbose=False, pretrained=False)
-    trainer = DetectionTrainer(overrides=overrides)
-    _drop_integration_callbacks(trainer)
-    _reset_cached_state(model)
-    trainer.model = model  # the pruned object itself: setup_model() keeps an nn.Module as is
-    trainer.final_eval = lambda: None  # prunebench validates separately (and never reloads pickles)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    with _quiet():
-        trainer.train()
-    trained = trainer.ema.ema if trainer.ema is not None else trainer.model
-    trained = trained.float().eval()
-    _reset_cached_state(trained)
-    for name, p in trained.named_parameters():  # ultralytics' EMA copy is frozen; DepGraph traces via autograd
-        p.requires_grad_(".dfl" not in name)
-    for attr in ("prunebench_history", "prunebench_name"):
-        if hasattr(model, attr):
-            setattr(trained, attr, getattr(model, attr))
-    return trained
-
-
-def evaluate_yolo(model: nn.Module, data_yaml: Path, imgsz: int, work_dir: Path, *, batch: int = 16,
-                  latency_batch: int = 8, repeats: int = 10) -> dict:
-    """ultralytics validation (mAP50-95, mAP50) plus MACs, params and CPU latency at ``imgsz``."""
-    from .metrics import count_macs_params, measure_latency
-    ultralytics_setup()
-    from ultralytics.models.yolo.detect import DetectionValidator
-    args = dict(data=str(data_yaml), imgsz=imgsz, batch=batch, device="cpu", workers=0, plots=False, split="val",
-                project=str(Path(work_dir).resolve()), name="val", exist_ok=True, verbose=False, save_json=False)
-    validator = DetectionValidator(args=args)
-    _drop_integration_callbacks(validator)
-    start = time.perf_counter()
-    with _quiet():
-        stats = validator(model=copy.deepcopy(model).float().eval())  # AutoBackend fuses Conv+BN: use a copy
-    example = torch.randn(1, 3, imgsz, imgsz)
-    model.eval()
-    macs, params = count_macs_params(model, example)
-    batch_in = example.expand(latency_batch, -1, -1, -1).contiguous()
-    return {"map50_95": float(stats.get("metrics/mAP50-95(B)", 0.0)), "map50": float(stats.get("metrics/mAP50(B)", 0.0)),
-            "macs": macs, "params": params, "latency_b1": measure_latency(model, example, repeats),
-            f"latency_b{latency_batch}": measure_latency(model, batch_in, max(3, repeats // 4)),
-            "seconds_evaluate": time.perf_counter() - start}
-
-
-def _reset_cached_state(model: nn.Module) -> None:
-    """Drop the loss and anchors ultralytics caches on the model: after a validation they hold inference-mode
-    tensors (which autograd refuses), and after pruning they may be stale."""
-    if hasattr(model, "criterion"):
-        model.criterion = None
-    for m in model.modules():
-        if hasattr(m, "anchors") and hasattr(m, "shape"):
-            m.shape = None
-
-
-@contextlib.contextmanager
-def _quiet():
-    """ultralytics prints progress bars and tables to stdout: keep stdout clean for ``--json``."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
-
-
-# --------------------------------------------------------------------------- checkpoints
-def save_yolo(path, model: nn.Module, name: str, num_classes: int, imgsz: int, extra: Optional[dict] = None):
-    from .checkpoint import save_checkpoint
-    return save_checkpoint(path, model, model_name=name, num_classes=num_classes, in_chans=3, input_size=imgsz,
-                           extra=extra)
-
-
-def load_yolo(path, expect_model: Optional[str] = None, expect_classes: Optional[int] = None):
-    """A pruned (or dense) YOLO checkpoint: rebuilt from yaml, history replayed at its imgsz, weights loaded."""
-    from .checkpoint import load_checkpoint
-    model, meta = load_checkpoint(path, expect_model=expect_model, expect_classes=expect_classes)
-    return model.eval(), meta
+for _name in YOLO_MODELS:
+    _register(_name)
