@@ -285,12 +285,29 @@ def start_server():
     spawn_temporary_server()
 
 
+class BothReporters:
+    """Every progress event to two reporters (the console's and the Prefect run log's)."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def __getattr__(self, name):
+        def both(*args, **kwargs):
+            getattr(self.second, name)(*args, **kwargs)
+            return getattr(self.first, name)(*args, **kwargs)
+        return both
+
+
 @contextlib.contextmanager
-def reporting():
+def reporting(to_prefect_runs: bool = False):
     """Progress on stderr while the block runs: rich bars with an ETA on a terminal, plain lines otherwise (logs,
-    DVC, CI); stdout stays clean for --json."""
+    DVC, CI); stdout stays clean for --json.  ``to_prefect_runs``: the same lines also become the logs of the
+    Prefect flow or task run they come from (its page in the Prefect UI)."""
     from . import pipeline
     reporter, progress = progress_reporter()
+    if to_prefect_runs:
+        from .runlog import send_to_server
+        reporter = BothReporters(reporter, progress_reporter(send_to_server().info)[0])
     pipeline.set_reporter(reporter)
     with progress or contextlib.nullcontext():
         yield reporter
@@ -299,7 +316,7 @@ def reporting():
 def run_flow(fn, uri, *args, **kwargs):
     """Install progress output, start Prefect and MLflow side by side, run a flow; bad input exits 2."""
     from . import pipeline
-    with reporting():
+    with reporting(to_prefect_runs=True):
         run_guarded(pipeline.warm_up, uri)
         return run_guarded(fn, *args, **kwargs)
 
@@ -323,8 +340,7 @@ def prepare(params_file: Optional[Path] = PARAMS, profile: Optional[str] = PROFI
     start_server()
     params = load(params_file, profile)
     from . import pipeline
-    path = run_flow(pipeline.prepare_flow, None, params.model_dump())
-    typer.echo(f"prepared {params.data.dataset} in {path}", err=True)
+    run_flow(pipeline.prepare_flow, None, params.model_dump())
 
 
 @app.command()

@@ -498,12 +498,15 @@ def evaluate_dense(p: Params, dense: Path, dense_hash: str, data: dict, trials_d
     return evaluate_dense_task(p, str(dense), str(Path(trials_dir) / f"dense-{key}.json"))
 
 
-@flow(name="prepare", **FLOW)
+@flow(name="prepare", flow_run_name=from_params("prepare"), **FLOW)
 def prepare_flow(params: dict) -> str:
-    return prepare_task(Params.model_validate(params))
+    p = Params.model_validate(params)
+    path = prepare_task(p)
+    REPORTER.message(f"prepared {p.data.dataset} in {path}")
+    return path
 
 
-@flow(name="pretrain", **FLOW)
+@flow(name="pretrain", flow_run_name=from_params("pretrain"), **FLOW)
 def pretrain_flow(params: dict, out: str = str(DENSE_PATH)) -> str:
     p = Params.model_validate(params)
     ensure_prepared(p)

@@ -11,7 +11,6 @@ starts and when it ends.
 """
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -30,7 +29,6 @@ from .naming import run_name  # noqa: E402
 from .pipeline import FLOW  # noqa: E402
 
 DEPLOYMENT = "scheduled"
-RUN_LOG = "prunebench"  # the logger whose records become the flow run's logs on the server
 
 
 def _scheduled_name(kind: str):
@@ -71,40 +69,14 @@ def _on_end(flow, flow_run, state) -> None:
 HOOKS = dict(on_running=[_on_start], on_completion=[_on_end], on_failure=[_on_end], on_crashed=[_on_end])
 
 
-class _ToThisRun(logging.Filter):
-    """Files every record under the scheduled run: trial lines come from inside its subflows and tasks, whose pages
-    a user would have to look for; the scheduled run's page shows them all."""
-
-    def __init__(self, flow_run_id):
-        super().__init__()
-        self.flow_run_id = flow_run_id
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.flow_run_id = self.flow_run_id
-        return True
-
-
 def _log_to_run() -> None:
-    """Progress lines and warnings of this process become the current (scheduled) flow run's logs on the server.
-
-    A logger of our own, at INFO, with Prefect's API handler and no console output (serve prints its own lines):
-    Prefect's loggers stay at ``PREFECT_LOGGING_LEVEL`` (WARNING), which keeps the commands' consoles quiet.
-    """
+    """Progress lines and warnings of this process become the current (scheduled) flow run's logs on the server,
+    filed under that run (not its subflows and tasks, whose pages a user would have to look for); serve's output
+    shows only its own start and end lines."""
     from prefect.context import FlowRunContext
-    from prefect.logging.handlers import APILogHandler
 
-    from . import cli, pipeline
-    handler = APILogHandler()
-    handler.addFilter(_ToThisRun(FlowRunContext.get().flow_run.id))
-    logger = logging.getLogger(RUN_LOG)
-    for old in [h for h in logger.handlers if isinstance(h, APILogHandler)]:  # an earlier run in this process
-        logger.removeHandler(old)
-        logging.getLogger("py.warnings").removeHandler(old)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    logging.captureWarnings(True)  # pruning's warnings (a scope that cannot reach the target, ...)
-    logging.getLogger("py.warnings").addHandler(handler)
+    from . import cli, pipeline, runlog
+    logger = runlog.send_to_server(FlowRunContext.get().flow_run.id, warnings=True)
     pipeline.set_reporter(cli.progress_reporter(logger.info)[0])
 
 

@@ -69,7 +69,7 @@ def _stop(proc, sig=signal.SIGTERM) -> int:
 @contextlib.contextmanager
 def served_project(tmp_path, schedules: dict):
     """A project with these schedules, a real Prefect server (fast scheduler loop) and `prunebench serve` on it,
-    whose output goes to a file.  Yields (project, API URL, serve process, serve's output file)."""
+    whose output goes to a file.  Yields (project, its environment, API URL, serve process, serve's output file)."""
     proj, env = make_project(tmp_path, TINY)
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["schedules"] = schedules
@@ -89,7 +89,7 @@ def served_project(tmp_path, schedules: dict):
         with open(output, "wb") as out:
             serve = subprocess.Popen([str(BIN / "prunebench"), "serve"], cwd=proj, env=env, stdout=out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        yield proj, api, serve, output
+        yield proj, env, api, serve, output
     finally:
         for proc in (serve, server):
             if proc is not None:
@@ -127,7 +127,7 @@ def _stopped_cleanly(serve, output, sig) -> str:
 def test_a_scheduled_run_fires_completes_logs_and_survives_a_stopped_serve(tmp_path):
     schedules = {"timezone": "UTC", "benchmark": {"cron": "* * * * *"}, "tune": {"cron": "0 3 * * 6",
                                                                                    "enabled": False}}
-    with served_project(tmp_path, schedules) as (proj, api, serve, output):
+    with served_project(tmp_path, schedules) as (proj, env, api, serve, output):
         deployment = _deployments(api, 1)["benchmark"]
 
         def first_scheduled_run():
@@ -168,7 +168,7 @@ def test_a_scheduled_run_fires_completes_logs_and_survives_a_stopped_serve(tmp_p
 def test_serve_registers_scheduled_deployments_and_runs_a_triggered_one(tmp_path):
     schedules = {"timezone": "Europe/Berlin", "benchmark": {"cron": "15 1 * * *"},
                  "tune": {"cron": "30 4 * * 0", "profile": "quick"}}
-    with served_project(tmp_path, schedules) as (proj, api, serve, output):
+    with served_project(tmp_path, schedules) as (proj, env, api, serve, output):
         by_tag = _deployments(api, 2)
         for kind, cron in (("benchmark", "15 1 * * *"), ("tune", "30 4 * * 0")):
             sched = by_tag[kind]["schedules"]
@@ -194,6 +194,15 @@ def test_serve_registers_scheduled_deployments_and_runs_a_triggered_one(tmp_path
         assert (proj / "reports/leaderboard.md").is_file()
         summary = json.loads((proj / "reports/benchmark.json").read_text())
         assert [t["method"] for t in summary["trials"]] == ["l1"] and summary["trials"][0]["status"] == "ok"
+
+        # a command's flow run (not a deployment's) logs its progress to the configured server too
+        done = subprocess.run([str(BIN / "prunebench"), "prepare"], cwd=proj, env=env, capture_output=True, text=True)
+        assert done.returncode == 0 and "prepared digits in data/digits" in done.stderr, done.stderr[-2000:]
+        prepare = _answer("POST", f"{api}/flow_runs/filter", json={"flow_runs": {"name": {"like_": "prepare-"}}})
+        assert len(prepare) == 1 and prepare[0]["name"].startswith("prepare-resnet20-digits-")
+        logs = _wait(lambda: _ask("POST", f"{api}/logs/filter",
+                                  json={"logs": {"flow_run_id": {"any_": [prepare[0]["id"]]}}}), 60, "its logs")
+        assert "prepared digits in data/digits" in [log["message"] for log in logs]
 
         shown = _stopped_cleanly(serve, output, signal.SIGTERM)
         assert "prunebench-benchmark/scheduled" in shown and "15 1 * * *" in shown
