@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-import os
 import sys
 import tempfile
 import warnings
@@ -44,12 +44,33 @@ def default_from(key: str) -> str:
     return f"params.yaml {key}: {shown}"
 
 
-def model_option(choices: str):
-    return typer.Option(None, "--model", show_default=default_from("model.name"), help=choices)
+# Filled in from the model registry and the dataset list when help is shown (see :func:`registry_help`): importing
+# the registries costs seconds (torch), which a command that is not asked for help should not pay.
+MODELS_HELP = "{models}"
+DATASETS_HELP = "{datasets}"
 
 
-def dataset_option(choices: str):
-    return typer.Option(None, "--dataset", show_default=default_from("data.dataset"), help=choices)
+def model_option(help_text: str = MODELS_HELP):
+    return typer.Option(None, "--model", show_default=default_from("model.name"), help=help_text)
+
+
+def dataset_option(help_text: str = DATASETS_HELP):
+    return typer.Option(None, "--dataset", show_default=default_from("data.dataset"), help=help_text)
+
+
+def registry_help() -> dict:
+    """The help texts' choices, from the registries themselves."""
+    from pruning.data import DATASETS
+    from pruning.detection.data import DETECTION_DATASETS
+    from pruning.models import list_models
+    from pruning.models.yolo import is_yolo
+    models = list_models()
+    datasets = list(dict.fromkeys(DATASETS + DETECTION_DATASETS))
+    return {"{models}": " | ".join(models),
+            "{classifiers}": " | ".join(m for m in models if not is_yolo(m)),
+            "{datasets}": " | ".join(datasets),
+            "{classification_datasets}": " | ".join(d for d in DATASETS if d not in DETECTION_DATASETS
+                                                    and not d.endswith(".yaml"))}
 
 
 PARAMS = typer.Option(None, "--params", show_default="params.yaml",
@@ -84,19 +105,30 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def run_guarded(fn, *args, **kwargs):
-    """Call ``fn``; a PruneBenchError becomes one line on stderr and exit code 2."""
+@contextlib.contextmanager
+def user_errors():
+    """Bad input raised in the block (a PruneBenchError) becomes one line on stderr and exit code 2; prunebench's
+    own warnings are shown (library noise stays quiet)."""
     from pruning.errors import PruneBenchError
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = fn(*args, **kwargs)
-        for w in caught:  # only prunebench's own warnings reach the user; library noise stays quiet
-            if "pruning" in (w.filename or "") and "site-packages" not in (w.filename or ""):
-                typer.echo(f"warning: {w.message}", err=True)
-        return result
+            yield
     except PruneBenchError as e:
         fail(str(e))
+    finally:
+        for w in caught:
+            if "pruning" in (w.filename or "") and "site-packages" not in (w.filename or ""):
+                typer.echo(f"warning: {w.message}", err=True)
+
+
+def guarded(command):
+    """A command whose bad input (anywhere in it) is one line and exit code 2: see :func:`user_errors`."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        with user_errors():
+            return command(*args, **kwargs)
+    return run
 
 
 SMOKE_TEST_PROFILE = "quick"
@@ -105,10 +137,12 @@ SMOKE_TEST_PROFILE = "quick"
 def load(params: Optional[Path], profile: Optional[str], overrides: Optional[dict] = None):
     """params.yaml (or the file named by ``--params``, which must then exist), validated; bad input exits 2."""
     from .config import load_params
-    return run_guarded(load_params, params or Path("params.yaml"), profile, overrides, required=params is not None)
+    with user_errors():
+        return load_params(params or Path("params.yaml"), profile, overrides, required=params is not None)
 
 
 @app.command()
+@guarded
 def methods(as_json: bool = typer.Option(False, "--json", help="print JSON")):
     """List the registered criteria and sparsifiers."""
     from pruning.methods import list_methods
@@ -125,11 +159,10 @@ def methods(as_json: bool = typer.Option(False, "--json", help="print JSON")):
 
 
 @app.command()
+@guarded
 def prune(
-    model: Optional[str] = model_option(
-        "resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name> | yolov8n|s|m"),
-    dataset: Optional[str] = dataset_option(
-        "digits | cifar10 | cifar100 | imagefolder:<path> | shapes | <dataset>.yaml (detection)"),
+    model: Optional[str] = model_option(),
+    dataset: Optional[str] = dataset_option(),
     method: str = typer.Option(..., "--method", help="a criterion, or criterion+sparsifier (see `prunebench methods`)"),
     speedup: float = typer.Option(..., "--speedup", help="target dense MACs / pruned MACs (> 1)"),
     scope: Optional[str] = typer.Option(None, "--scope", show_default=default_from("prune.scope"),
@@ -148,7 +181,9 @@ def prune(
                  "prune": {k: v for k, v in {"scope": scope}.items() if v}}
     params = load(params_file, profile, overrides)
     import pruning
-    run_guarded(pruning.resolve, method)
+
+    from .progress import reporting
+    pruning.resolve(method)
     if not speedup > 1:
         fail(f"speedup must be > 1 (dense MACs / pruned MACs), got {speedup:g}")
     from . import stages
@@ -157,24 +192,23 @@ def prune(
             fail(f"checkpoint {checkpoint} does not exist")
         out = out or Path("models") / f"pruned-{params.model.name}-{method}-{speedup:g}x.pt"
         with tempfile.TemporaryDirectory(prefix="prunebench-") as work:
-            result = run_guarded(stages.detection_trial, params, method, speedup, params.prune.scope, checkpoint,
-                                 out, Path(work), finetune_epochs=finetune_epochs)
-        typer.echo(json.dumps(result, default=float)) if as_json else show_result(result)
+            record = stages.detection_trial(params, method, speedup, params.prune.scope, checkpoint, out,
+                                            Path(work), finetune_epochs=finetune_epochs)
+        typer.echo(json.dumps(record.to_dict(), default=float)) if as_json else show_result(record.to_dict())
         return
-    run_guarded(stages.preflight, params)  # input size and a trial prune, before any training
+    stages.preflight(params)  # input size and a trial prune, before any training
     if checkpoint is None:
         typer.echo(f"dense baseline: {params.model.name} on {params.data.dataset} (cached after the first run)", err=True)
         with reporting() as reporter:
-            checkpoint = run_guarded(stages.dense_baseline, params,
-                                     on_epoch=reporter.on_epoch("pretrain", params.pretrain.epochs))
+            checkpoint = stages.dense_baseline(params, on_epoch=reporter.on_epoch("pretrain", params.pretrain.epochs))
     elif not checkpoint.is_file():
         fail(f"checkpoint {checkpoint} does not exist")
     out = out or Path("models") / f"pruned-{params.model.name.replace('/', '-')}-{method}-{speedup:g}x.pt"
     epochs = params.finetune.epochs if finetune_epochs is None else finetune_epochs
     with tempfile.TemporaryDirectory(prefix="prunebench-") as work, reporting() as reporter:
-        result = run_guarded(stages.run_trial, params, method, speedup, params.prune.scope, checkpoint, out,
-                             Path(work), finetune_epochs=epochs, on_epoch=reporter.on_epoch("finetune", epochs))
-    result.pop("channels", None)
+        record = stages.run_trial(params, method, speedup, params.prune.scope, checkpoint, out, Path(work),
+                                  finetune_epochs=epochs, on_epoch=reporter.on_epoch("finetune", epochs))
+    result = record.to_dict()
     if as_json:
         typer.echo(json.dumps(result, default=float))
     else:
@@ -188,140 +222,23 @@ def _split_list(values: Optional[List[str]]) -> Optional[list]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
-def describe(result: dict) -> str:
-    """One trial's outcome in a progress line."""
-    if "line" in result:  # tuning trials describe themselves
-        return result["line"]
-    if result.get("status") != "ok":
-        return f"FAILED: {result.get('error')}"
-    return (f"acc {result['acc_finetuned']:.2f} (dense {result['acc_dense']:.2f}), speedup {result['speedup']:.2f}x"
-            + (" [cached]" if result.get("cached") else ""))
-
-
-def progress_reporter(write=None):
-    """Progress for the flows: rich bars on a terminal, else plain lines on stderr, or given to ``write`` (a
-    scheduled run's log, for instance)."""
-    from . import pipeline
-
-    class Lines(pipeline.Reporter):
-        """Plain progress lines on stderr (what DVC and CI logs show)."""
-
-        def __init__(self, write=lambda text: typer.echo(text, err=True)):
-            self.total, self.done, self.write = 0, 0, write
-
-        def sweep_start(self, total, label="benchmark"):
-            self.total, self.done = total, 0
-            self.write(f"{label}: {total} trial(s)")
-
-        def trial_start(self, name):
-            self.write(f"[{self.done + 1}/{self.total}] {name} ...")
-
-        def trial_end(self, name, result):
-            self.done += 1
-            self.write(f"[{self.done}/{self.total}] {name}: {describe(result)}")
-
-        def epoch(self, label, total, row):
-            acc = f" val_acc {row['val_acc']:.2f}" if row.get("val_acc") is not None else ""
-            self.write(f"  {label} epoch {row['epoch']}/{total}: loss {row['loss']:.4f}{acc}")
-
-        def message(self, text):
-            self.write(text)
-
-        def on_epoch(self, label, total):
-            return lambda row: self.epoch(label, total, row)
-
-    class Bars(Lines):
-        """Rich progress bars on a terminal: the sweep and the current run's epochs."""
-
-        def __init__(self, progress):
-            super().__init__()
-            self.progress = progress
-            self.sweep = None
-            self.epochs = {}
-
-        def sweep_start(self, total, label="benchmark"):
-            self.total, self.done = total, 0
-            self.sweep = self.progress.add_task(label, total=total)
-
-        def trial_start(self, name):
-            if self.sweep is not None:
-                self.progress.update(self.sweep, description=f"sweep: {name}")
-
-        def trial_end(self, name, result):
-            self.done += 1
-            if self.sweep is not None:
-                self.progress.advance(self.sweep)
-            self.progress.console.print(f"{name}: {describe(result)}", markup=False)
-
-        def epoch(self, label, total, row):
-            task_id = self.epochs.get(label)
-            if task_id is None:
-                task_id = self.epochs[label] = self.progress.add_task(label, total=total)
-            self.progress.update(task_id, completed=row["epoch"],
-                                 description=f"{label} loss {row['loss']:.3f}")
-            if row["epoch"] >= total:
-                self.progress.remove_task(task_id)
-                del self.epochs[label]
-
-        def message(self, text):
-            self.progress.console.print(text)
-
-    if write is not None:
-        return Lines(write), None
-    if sys.stderr.isatty():
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=False)
-        return Bars(progress), progress
-    return Lines(), None
-
-
 def start_server():
     """Start Prefect's temporary server first, so it boots while params are validated and torch loads."""
     from .server import spawn_temporary_server
     spawn_temporary_server()
 
 
-class BothReporters:
-    """Every progress event to two reporters (the console's and the Prefect run log's)."""
-
-    def __init__(self, first, second):
-        self.first, self.second = first, second
-
-    def __getattr__(self, name):
-        def both(*args, **kwargs):
-            getattr(self.second, name)(*args, **kwargs)
-            return getattr(self.first, name)(*args, **kwargs)
-        return both
-
-
-@contextlib.contextmanager
-def reporting(to_prefect_runs: bool = False):
-    """Progress on stderr while the block runs: rich bars with an ETA on a terminal, plain lines otherwise (logs,
-    DVC, CI); stdout stays clean for --json.  ``to_prefect_runs``: the same lines also become the logs of the
-    Prefect flow or task run they come from (its page in the Prefect UI)."""
-    from . import pipeline
-    reporter, progress = progress_reporter()
-    if to_prefect_runs:
-        from .runlog import send_to_server
-        reporter = BothReporters(reporter, progress_reporter(send_to_server().info)[0])
-    pipeline.set_reporter(reporter)
-    with progress or contextlib.nullcontext():
-        yield reporter
-
-
 def run_flow(fn, uri, *args, **kwargs):
-    """Install progress output, start Prefect and MLflow side by side, run a flow; bad input exits 2."""
-    from . import pipeline
+    """Install progress output, start Prefect and MLflow side by side, run a flow."""
+    from .benchmark import warm_up
+    from .progress import reporting
     with reporting(to_prefect_runs=True):
-        run_guarded(pipeline.warm_up, uri)
-        return run_guarded(fn, *args, **kwargs)
+        warm_up(uri)
+        return fn(*args, **kwargs)
 
 
 @app.command("params")
+@guarded
 def resolve_params(out: Path = typer.Option(Path("params"), "--out", help="folder for <stage>.json"),
                    params_file: Optional[Path] = PARAMS, profile: Optional[str] = PROFILE):
     """Write each DVC stage's effective params (profile applied) to <out>/<stage>.json, the stage's only input."""
@@ -330,32 +247,36 @@ def resolve_params(out: Path = typer.Option(Path("params"), "--out", help="folde
     from .config import STAGE_PARAMS, stage_params
     params = load(params_file, profile)
     for stage in STAGE_PARAMS:
-        path = run_guarded(fileio.write_json, Path(out) / f"{stage}.json", stage_params(params, stage), indent=2)
+        path = fileio.write_json(Path(out) / f"{stage}.json", stage_params(params, stage), indent=2)
         typer.echo(f"{stage}: {path}", err=True)
 
 
 @app.command()
+@guarded
 def prepare(params_file: Optional[Path] = PARAMS, profile: Optional[str] = PROFILE):
     """Materialise the dataset into data/<name>/ (a DVC output)."""
     start_server()
     params = load(params_file, profile)
-    from . import pipeline
-    run_flow(pipeline.prepare_flow, None, params.model_dump())
+    from .benchmark import prepare_flow
+    run_flow(prepare_flow, None, params.model_dump())
 
 
 @app.command()
+@guarded
 def pretrain(out: Path = typer.Option(Path("models/dense.pt"), "--out", help="where to write the dense checkpoint"),
              params_file: Optional[Path] = PARAMS, profile: Optional[str] = PROFILE):
     """Train the dense baseline into models/dense.pt (a DVC output); skipped when it is up to date."""
     start_server()
     params = load(params_file, profile)
-    from . import pipeline, stages
-    run_guarded(stages.preflight, params)
-    path = run_flow(pipeline.pretrain_flow, None, params.model_dump(), str(out))
+    from . import stages
+    from .benchmark import pretrain_flow
+    stages.preflight(params)
+    path = run_flow(pretrain_flow, None, params.model_dump(), str(out))
     typer.echo(f"dense baseline: {path}", err=True)
 
 
 @app.command()
+@guarded
 def benchmark(
     methods: Optional[List[str]] = typer.Option(None, "--methods", show_default=default_from("benchmark.methods"),
                                                 help="methods to run (repeat or comma-separate)"),
@@ -367,6 +288,8 @@ def benchmark(
                                               help="methods run side by side (threads)"),
     dask: Optional[str] = typer.Option(None, "--dask", show_default=default_from("benchmark.dask_address"),
                                        help="run trials on Dask: 'local' or a scheduler address"),
+    tracking_from: Optional[Path] = typer.Option(None, "--tracking-from",
+                                                 help="read the tracking section (MLflow store) from this params file"),
     write_leaderboard: bool = typer.Option(True, "--leaderboard/--no-leaderboard",
                                            help="also write reports/leaderboard.* (dvc.yaml runs it as its own stage)"),
     params_file: Optional[Path] = PARAMS,
@@ -389,31 +312,37 @@ def benchmark(
     if dask:
         bench["dask_address"] = dask
     params = load(params_file, profile, {"benchmark": bench})
+    if tracking_from is not None:
+        params = params.model_copy(update={"tracking": load(tracking_from, None).tracking})
     from . import leaderboard as lb
-    from . import pipeline, stages
-    run_guarded(stages.preflight, params)
+    from . import stages
+    from .benchmark import run_benchmark
+    from .layout import RESULTS_PATH
+    from .report import leaderboard_flow
     from .tracking import tracking_uri
-    summary = run_flow(pipeline.run_benchmark, tracking_uri(params.tracking.mlflow_uri), params)
+    stages.preflight(params)
+    summary = run_flow(run_benchmark, tracking_uri(params.tracking.mlflow_uri), params)
     if write_leaderboard:
-        run_guarded(pipeline.leaderboard_flow)
+        leaderboard_flow()
     lb.print_table(summary)
     failed = [t for t in summary["trials"] if t.get("status") != "ok"]
     if failed:
         typer.echo(f"{len(failed)} of {len(summary['trials'])} trial(s) failed (see the leaderboard and MLflow)",
                    err=True)
-    where_to_look(params, f"{pipeline.RESULTS_PATH}" + (", reports/leaderboard.md (.csv, .png)"
+    where_to_look(params, f"{RESULTS_PATH}" + (", reports/leaderboard.md (.csv, .png)"
                                                          if write_leaderboard else ""))
 
 
 @app.command()
+@guarded
 def tune(
     methods: Optional[List[str]] = typer.Option(None, "--method", "--methods",
                                                 show_default=default_from("tune.methods"),
                                                 help="method(s) to tune (repeat or comma-separate)"),
     speedup: Optional[float] = typer.Option(None, "--speedup", show_default=default_from("tune.speedup"),
                                            help="MACs target every trial meets (> 1)"),
-    model: Optional[str] = model_option("resnet20 | resnet56 | resnet18 | resnet50 | vgg19 | timm/<name>"),
-    dataset: Optional[str] = dataset_option("digits | cifar10 | cifar100 | imagefolder:<path>"),
+    model: Optional[str] = model_option("{classifiers}"),
+    dataset: Optional[str] = dataset_option("{classification_datasets}"),
     trials: Optional[int] = typer.Option(None, "--trials", show_default=default_from("tune.trials"),
                                          help="finished trials the study reaches (resumes)"),
     epochs: Optional[int] = typer.Option(None, "--epochs", show_default=default_from("tune.epochs"),
@@ -442,22 +371,23 @@ def tune(
     methods = params.tune.methods
     if study_name and len(methods) > 1:
         fail("--study-name names one study: give a single --method")
-    from . import pipeline
     from . import tune as tuning
+    from .layout import RESULTS_PATH, STUDY_DIR, TUNED_PATH
+    from .report import leaderboard_flow
     from .tracking import tracking_uri
     target = None if params.tune.multi_objective else params.tune.speedup
-    groups = run_guarded(tuning.check, params, target)  # before anything starts: nothing written on bad input
+    groups = tuning.check(params, target)  # before anything starts: nothing written on bad input
     summaries = run_flow(tuning.tune_flow, tracking_uri(params.tracking.mlflow_uri), params.model_dump(), methods,
                          target, params.tune.trials, study_name, final, groups)
     show_studies(summaries)
     if final and not params.tune.multi_objective:
-        if pipeline.RESULTS_PATH.is_file():
-            run_guarded(pipeline.leaderboard_flow)
+        if RESULTS_PATH.is_file():
+            leaderboard_flow()
             typer.echo("tuned trials added to reports/leaderboard.* beside the untuned ones", err=True)
         else:
             typer.echo("tuned results in reports/tuned.json; `prunebench benchmark` puts them in the leaderboard",
                        err=True)
-    where_to_look(params, f"{tuning.TUNED_PATH}, study plots in {tuning.STUDY_DIR}/, Optuna storage "
+    where_to_look(params, f"{TUNED_PATH}, study plots in {STUDY_DIR}/, Optuna storage "
                           f"{params.tune.storage}")
 
 
@@ -506,6 +436,7 @@ def show_studies(summaries: list) -> None:
 
 
 @app.command()
+@guarded
 def serve(
     dry_run: bool = typer.Option(False, "--dry-run", help="list the deployments and their next runs, then exit"),
     params_file: Optional[Path] = PARAMS,
@@ -513,15 +444,16 @@ def serve(
     """Serve the scheduled deployments of params.yaml's schedules section (needs `prefect server start`)."""
     params = load(params_file, None)
     from . import schedules
-    deployments = run_guarded(schedules.deployments, params, params_file or Path("params.yaml"))
+    deployments = schedules.deployments(params, params_file or Path("params.yaml"))
     schedules.show(deployments, params)
     if dry_run:
         return
-    run_guarded(schedules.check_server)
+    schedules.check_server()
     schedules.serve(deployments)
 
 
 @app.command()
+@guarded
 def leaderboard(results: Path = typer.Option(Path("reports/benchmark.json"), "--results",
                                              help="the benchmark summary to aggregate"),
                 out: Path = typer.Option(Path("reports"), "--out", help="folder for the reports")):
@@ -530,13 +462,14 @@ def leaderboard(results: Path = typer.Option(Path("reports/benchmark.json"), "--
     if not results.is_file():
         fail(f"{results} does not exist; run `prunebench benchmark` first")
     from . import leaderboard as lb
-    from . import pipeline
-    summary = run_guarded(lb.load_summary, results)
-    rows = run_flow(pipeline.leaderboard_flow, summary.get("tracking_uri"), str(results), str(out))
+    from .report import leaderboard_flow
+    summary = lb.load_summary(results)
+    rows = run_flow(leaderboard_flow, summary.get("tracking_uri"), str(results), str(out))
     lb.print_table(summary, rows)
 
 
 @app.command()
+@guarded
 def ui(port: int = typer.Option(5000, "--port", help="port on 127.0.0.1"),
        params_file: Optional[Path] = PARAMS):
     """Serve the MLflow UI for this project's tracking store on 127.0.0.1."""
@@ -567,10 +500,24 @@ def show_result(result: dict) -> None:
     Console().print(table)
 
 
+def command_line():
+    """The click command behind ``app``, its ``--model``/``--dataset`` help filled in from the registries when help
+    is asked for."""
+    command = typer.main.get_command(app)
+    if not {"-h", "--help"} & set(sys.argv[1:]):
+        return command
+    choices = registry_help()
+    for sub in getattr(command, "commands", {}).values():
+        for param in sub.params:
+            if getattr(param, "help", None) in choices:
+                param.help = choices[param.help]
+    return command
+
+
 def main():
     """Run the CLI; a wrong flag or value (a usage error) is one line and exit code 2 like any other bad input."""
     try:
-        code = app(standalone_mode=False)
+        code = command_line().main(standalone_mode=False, prog_name="prunebench")
     except typer.Abort:  # Ctrl+C
         typer.echo("aborted", err=True)
         code = 130

@@ -8,10 +8,10 @@ from typing import List, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pruning.data import DATASETS
+from pruning.data import DATASETS, is_known_dataset
 from pruning.errors import PruneBenchError, one_line
 from pruning.methods import resolve
-from pruning.models import list_models
+from pruning.models import is_known_model, list_models
 from pruning.steps import SCOPES
 
 
@@ -29,13 +29,11 @@ class DataParams(_Section):
     @field_validator("dataset")
     @classmethod
     def known_dataset(cls, v):
-        if v in ("digits", "cifar10", "cifar100", "shapes") or v.endswith((".yaml", ".yml")):
-            return v  # detection yaml paths are checked (with every missing path named) when loaded
-        if v.startswith("imagefolder:"):
-            if not Path(v.split(":", 1)[1]).is_dir():
-                raise ValueError(f"imagefolder path {v.split(':', 1)[1]!r} does not exist")
-            return v
-        raise ValueError(f"unknown dataset {v!r}; choose one of: {', '.join(DATASETS)}")
+        if not is_known_dataset(v):
+            raise ValueError(f"unknown dataset {v!r}; choose one of: {', '.join(DATASETS)}")
+        if v.startswith("imagefolder:") and not Path(v.split(":", 1)[1]).is_dir():
+            raise ValueError(f"imagefolder path {v.split(':', 1)[1]!r} does not exist")
+        return v  # detection yaml paths are checked (with every missing path named) when loaded
 
 
 class ModelParams(_Section):
@@ -45,7 +43,7 @@ class ModelParams(_Section):
     @field_validator("name")
     @classmethod
     def known_model(cls, v):
-        if v.startswith("timm/") or v in list_models():
+        if is_known_model(v):
             return v
         raise ValueError(f"unknown model {v!r}; choose one of: {', '.join(list_models())}")
 
@@ -370,9 +368,9 @@ def _lookup(tree, dotted: str):
 STAGE_PARAMS = {
     "prepare": {"data": {"dataset", "root", "download", "prepared_dir"}},
     "pretrain": {"seed": True, "data": True, "model": True, "pretrain": True},
+    # not `tracking`: where results are logged is no input of the results (the command reads it from params.yaml)
     "benchmark": {"seed": True, "data": True, "model": True, "pretrain": True,  # pretrain: is dense.pt current?
-                  "sparsify": True, "prune": True, "finetune": True, "evaluate": True, "benchmark": True,
-                  "tracking": True},
+                  "sparsify": True, "prune": True, "finetune": True, "evaluate": True, "benchmark": True},
 }
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Iterable
 
+from .layout import dataset_slug
+
 
 def run_name(kind: str, model: str, dataset: str, methods: Iterable[str] = ()) -> str:
     """``<kind>[-<methods>]-<model>-<dataset>-<YYYYmmdd-HHMM>`` (local time); ``/`` of timm names becomes ``_``."""
-    from .stages import dataset_slug
     parts = [kind, "+".join(methods), model, dataset_slug(dataset), datetime.now().strftime("%Y%m%d-%H%M")]
     return "-".join(p for p in parts if p).replace("/", "_")
 

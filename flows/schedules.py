@@ -19,14 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from . import server as _server  # noqa: F401  (Prefect's quiet defaults before it is imported)
-from prefect import flow  # noqa: E402
+from pruning.errors import PruneBenchError
 
-from pruning.errors import PruneBenchError  # noqa: E402
-
-from .config import Params, load_params  # noqa: E402
-from .naming import run_name  # noqa: E402
-from .pipeline import FLOW  # noqa: E402
+from .config import Params, load_params
+from .engine import FLOW, flow
+from .naming import run_name
 
 DEPLOYMENT = "scheduled"
 
@@ -75,19 +72,20 @@ def _log_to_run() -> None:
     shows only its own start and end lines."""
     from prefect.context import FlowRunContext
 
-    from . import cli, pipeline, runlog
+    from . import progress, runlog
     logger = runlog.send_to_server(FlowRunContext.get().flow_run.id, warnings=True)
-    pipeline.set_reporter(cli.progress_reporter(logger.info)[0])
+    progress.set_reporter(progress.Lines(logger.info))
 
 
 @flow(name="prunebench-benchmark", flow_run_name=_scheduled_name("benchmark"), **HOOKS, **FLOW)
 def scheduled_benchmark(project_dir: str, params_file: str = "params.yaml", profile: Optional[str] = None,
                         overrides: Optional[dict] = None) -> dict:
     """params.yaml's benchmark, then the leaderboard, in ``project_dir`` (what `prunebench benchmark` runs)."""
-    from . import pipeline
+    from .benchmark import run_benchmark
+    from .report import leaderboard_flow
     params = _load(project_dir, params_file, profile, overrides)
-    summary = pipeline.run_benchmark(params)
-    pipeline.leaderboard_flow()
+    summary = run_benchmark(params)
+    leaderboard_flow()
     failed = sum(t.get("status") != "ok" for t in summary["trials"])
     return {"trials": len(summary["trials"]), "failed": failed, "parent_run_id": summary["parent_run_id"]}
 
@@ -96,12 +94,14 @@ def scheduled_benchmark(project_dir: str, params_file: str = "params.yaml", prof
 def scheduled_tune(project_dir: str, params_file: str = "params.yaml", profile: Optional[str] = None,
                    overrides: Optional[dict] = None) -> list:
     """A study per ``tune.methods`` (resumed and topped up to ``tune.trials``), then the leaderboard."""
-    from . import pipeline, tune
+    from .layout import RESULTS_PATH
+    from .report import leaderboard_flow
+    from .tune import tune_flow
     params = _load(project_dir, params_file, profile, overrides)
     target = None if params.tune.multi_objective else params.tune.speedup
-    summaries = tune.tune_flow(params.model_dump(), params.tune.methods, target, params.tune.trials)
-    if not params.tune.multi_objective and Path(pipeline.RESULTS_PATH).is_file():
-        pipeline.leaderboard_flow()
+    summaries = tune_flow(params.model_dump(), params.tune.methods, target, params.tune.trials)
+    if not params.tune.multi_objective and RESULTS_PATH.is_file():
+        leaderboard_flow()
     return [{k: s.get(k) for k in ("study", "method", "trials", "acc_tuned", "acc_untuned")} for s in summaries]
 
 

@@ -5,8 +5,6 @@ These are the units the Prefect tasks wrap and the CLI calls directly; they impo
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,19 +15,16 @@ from pruning.data import DataBundle
 from pruning.train import Recipe
 
 from .config import Params
+from .keys import baseline_key
+from .layout import CACHE_DIR, dataset_slug, prepared_dir
+from .record import TrialRecord
 
 OnEpoch = Optional[Callable[[dict], None]]
 
 
 # --------------------------------------------------------------------------- data
-def dataset_slug(name: str) -> str:
-    if name.startswith("imagefolder:"):
-        return "imagefolder-" + Path(name.split(":", 1)[1]).resolve().name
-    return name
-
-
 def prepared_path(params: Params) -> Path:
-    return Path(params.data.prepared_dir) / dataset_slug(params.data.dataset)
+    return prepared_dir(params.data.prepared_dir, params.data.dataset)
 
 
 def prepare(params: Params) -> Path:
@@ -88,14 +83,7 @@ def pretrain(params: Params, out: Path, on_epoch: OnEpoch = None) -> dict:
     return {"acc_dense": acc, "seconds_pretrain": seconds, "history": history, "checkpoint": str(out)}
 
 
-def baseline_key(params: Params) -> str:
-    """What the dense baseline depends on: model, data, pretraining recipe, seed, starting weights."""
-    parts = {"model": params.model.model_dump(), "data": params.data.dataset, "pretrain": params.pretrain.model_dump(),
-             "seed": params.seed, "version": 1}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def dense_baseline(params: Params, cache_dir: Path = Path("models/cache"), on_epoch: OnEpoch = None) -> Path:
+def dense_baseline(params: Params, cache_dir: Path = CACHE_DIR, on_epoch: OnEpoch = None) -> Path:
     """A cached dense baseline for these params, trained on first use."""
     slug = params.model.name.replace("/", "-")
     path = Path(cache_dir) / f"dense-{slug}-{dataset_slug(params.data.dataset)}-{baseline_key(params)}.pt"
@@ -125,12 +113,14 @@ def sparsify_stage(params: Params, method: str, dense: Path, out: Path, on_epoch
 
 
 def prune_stage(params: Params, method: str, speedup: Optional[float], scope: str, source: Path, out: Path,
-                allocation: Optional[dict] = None, eval_split: str = "test") -> dict:
+                allocation: Optional[dict] = None, eval_split: str = "test", protect: Optional[float] = None,
+                steps: Optional[int] = None) -> dict:
     """Prune a checkpoint to the MACs speedup target; record the report and accuracy before finetuning.
 
     ``allocation`` (``{layer group: ratio}``, see :mod:`pruning.allocation`) gives each layer group its own share:
     scaled until the target is met, or taken as absolute ratios when ``speedup`` is None.  ``eval_split`` is where
-    ``acc_pruned`` is measured (tuning reads ``val``, never ``test``).
+    ``acc_pruned`` is measured (tuning reads ``val``, never ``test``).  ``protect`` and ``steps`` default to
+    ``prune.protect`` and ``prune.steps`` (a tuning trial passes the values it sampled).
     """
     pruning.seed_everything(params.seed)
     bundle = load_bundle(params)
@@ -144,7 +134,8 @@ def prune_stage(params: Params, method: str, speedup: Optional[float], scope: st
         ratio_dict = alloc.ratio_dict(groups, alloc.scalable(allocation) if speedup is not None else allocation)
         dense_widths = alloc.group_widths(groups)
     model, report = pruning.prune(model, bundle.spec.example_inputs(), method, speedup, scope, data=calibration,
-                                  protect=p.protect, steps=p.steps, calibration_batches=p.calibration_batches,
+                                  protect=p.protect if protect is None else protect,
+                                  steps=p.steps if steps is None else steps, calibration_batches=p.calibration_batches,
                                   num_classes=bundle.spec.num_classes, pruning_ratio_dict=ratio_dict,
                                   seed=params.seed)
     acc = pruning.accuracy(model, bundle.loader(eval_split, 256))
@@ -206,37 +197,30 @@ def evaluate_stage(params: Params, checkpoint: Path) -> dict:
     return metrics
 
 
-def compare(dense: dict, pruned: dict, latency_batch: int) -> dict:
-    """Latency speedups beside the MACs speedup: MACs can fall while wall time does not."""
-    key = f"latency_b{latency_batch}"
-    return {"latency_speedup": dense["latency_b1"] / pruned["latency_b1"],
-            f"latency_speedup_b{latency_batch}": dense[key] / pruned[key]}
+def finetune_or_copy(params: Params, source: Path, out: Path, epochs: int, on_epoch: OnEpoch = None) -> dict:
+    """Finetune for ``epochs`` into ``out``; at 0 epochs the pruned checkpoint is copied (nothing trained)."""
+    if epochs > 0:
+        return finetune_stage(params, source, out, epochs, on_epoch)
+    fileio.copy_file(source, out)
+    return {"seconds_finetune": 0.0, "finetune_history": []}
 
 
 def run_trial(params: Params, method: str, speedup: float, scope: str, dense: Path, out: Path,
               work_dir: Path, finetune_epochs: Optional[int] = None, dense_metrics: Optional[dict] = None,
-              on_epoch: OnEpoch = None) -> dict:
-    """sparsify -> prune -> finetune -> evaluate, through files in ``work_dir``; the result as one flat dict."""
+              on_epoch: OnEpoch = None) -> TrialRecord:
+    """sparsify -> prune -> finetune -> evaluate, through files in ``work_dir``."""
     work_dir = Path(work_dir)
     start = time.perf_counter()
     dense_metrics = dense_metrics or evaluate_stage(params, dense)
     sparse = sparsify_stage(params, method, dense, work_dir / "sparse.pt", on_epoch)
     pruned = prune_stage(params, method, speedup, scope, work_dir / "sparse.pt", work_dir / "pruned.pt")
     epochs = params.finetune.epochs if finetune_epochs is None else finetune_epochs
-    tuned = finetune_stage(params, work_dir / "pruned.pt", Path(out), epochs, on_epoch) if epochs > 0 else \
-        {"seconds_finetune": 0.0, "finetune_history": []}
-    if epochs == 0:
-        fileio.copy_file(work_dir / "pruned.pt", out)
-    final = evaluate_stage(params, Path(out))
-    lb = params.evaluate.latency_batch
-    return {
-        **pruned, **sparse, **tuned,
-        "acc_dense": dense_metrics["acc"], "acc_finetuned": final["acc"] if epochs > 0 else None,
-        "latency_dense_b1": dense_metrics["latency_b1"], "latency_pruned_b1": final["latency_b1"],
-        **compare(dense_metrics, final, lb),
-        "seconds_evaluate": final["seconds_evaluate"], "seconds_total": time.perf_counter() - start,
-        "checkpoint": str(out),
-    }
+    tuned = finetune_or_copy(params, work_dir / "pruned.pt", Path(out), epochs, on_epoch)
+    final = {**evaluate_stage(params, Path(out)), "checkpoint": str(out)}
+    record = TrialRecord.from_steps(method, scope, speedup, pruned, final, dense_metrics,
+                                    params.evaluate.latency_batch, tuned, sparse, epochs)
+    record.seconds_wall = time.perf_counter() - start
+    return record
 
 
 # --------------------------------------------------------------------------- model families: checks and detection
@@ -263,11 +247,10 @@ def is_detection(params: Params) -> bool:
 
 def detection_trial(params: Params, method: str, speedup: float, scope: str, checkpoint: Optional[Path], out: Path,
                     work_dir: Path, finetune_epochs: Optional[int] = None,
-                    cache_dir: Path = Path("models/cache")) -> dict:
+                    cache_dir: Path = CACHE_DIR) -> TrialRecord:
     """YOLO on a detection dataset: dense baseline -> prune -> finetune (ultralytics trainer) -> validate."""
     from pruning import detection
     from pruning.detection import yolo
-    from pruning.checkpoint import FORMAT
     name = params.model.name
     if not yolo.is_yolo(name):
         raise pruning.PruneBenchError(f"{params.data.dataset} is a detection dataset: use a YOLO model "
@@ -310,19 +293,9 @@ def detection_trial(params: Params, method: str, speedup: float, scope: str, che
     else:
         final = pruned
     yolo.save_yolo(out, model, name, data.num_classes, data.imgsz, {"report": report.summary()})
-    return {
-        **report.summary(), "task": "detect", "dataset": data.name, "imgsz": data.imgsz,
-        "map50_95_dense": dense["map50_95"], "map50_dense": dense["map50"],
-        "map50_95_pruned": pruned["map50_95"], "map50_pruned": pruned["map50"],
-        "map50_95_finetuned": final["map50_95"] if epochs > 0 else None,
-        "map50_finetuned": final["map50"] if epochs > 0 else None,
-        "seconds_per_step": report.seconds_prune / max(report.steps_taken, 1),
-        "seconds_finetune": seconds_finetune,
-        "latency_dense_b1": dense["latency_b1"], "latency_pruned_b1": final["latency_b1"],
-        "latency_speedup": dense["latency_b1"] / final["latency_b1"],
-        "latency_speedup_b8": dense["latency_b8"] / final["latency_b8"],
-        "seconds_total": time.perf_counter() - start, "checkpoint": str(out),
-    }
+    return TrialRecord.from_detection(method, scope, speedup, report.summary(), dense, pruned, final, epochs,
+                                      seconds_finetune, time.perf_counter() - start, str(out), data.imgsz,
+                                      dataset=data.name)
 
 
 def _is_prunebench(path: Path) -> bool:

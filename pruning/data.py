@@ -93,6 +93,13 @@ def _random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4)
 
 
 # --------------------------------------------------------------------------- public entry points
+def is_known_dataset(name: str) -> bool:
+    """Whether ``name`` names a dataset prunebench can load (checked without loading it; an ``imagefolder:`` path
+    and a detection ``.yaml`` are checked when loaded)."""
+    return (name in ("digits", "cifar10", "cifar100", "shapes") or name.startswith("imagefolder:")
+            or name.endswith((".yaml", ".yml")))
+
+
 def load_data(name: str, root: str | os.PathLike = "data", download: bool = False,
               input_size: Optional[int] = None) -> DataBundle:
     """Load a dataset by name, or a prepared folder (written by :func:`materialize`) by path.

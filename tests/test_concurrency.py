@@ -79,7 +79,7 @@ def run_trial(baseline, method: str, run: str) -> dict:
     folder.mkdir(parents=True)
     result = stages.run_trial(params, method, 2.0, "protected", dense, folder / "finetuned.pt", folder,
                               dense_metrics=dense_metrics)
-    return {k: result[k] for k in RESULTS}
+    return {k: result.to_dict()[k] for k in RESULTS}
 
 
 def test_trials_on_threads_give_the_sequential_results(baseline):

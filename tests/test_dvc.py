@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 import yaml
-from helpers import BIN, make_project
+from helpers import BIN, ROOT, make_project
 
 from flows.config import load_params, stage_params
 from pruning.errors import PruneBenchError
@@ -41,13 +41,14 @@ def repo(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_editing_a_profile_that_is_not_active_retrains_nothing(repo):
+def test_editing_an_inactive_profile_or_the_mlflow_store_retrains_nothing(repo):
     proj, env = repo
     dense = proj / "models/dense.pt"
     before = dense.stat().st_mtime_ns, dense.read_bytes()
     resolved = {p.name: p.read_bytes() for p in (proj / "params").glob("*.json")}
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["profiles"]["other"] = {"pretrain": {"epochs": 9}, "benchmark": {"speedups": [8]}}
+    params["tracking"] = {"mlflow_uri": "sqlite:///elsewhere.db"}  # where results go is no input of them
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     done = _run(proj, env, "dvc", "repro")
@@ -171,7 +172,7 @@ def test_each_stage_file_holds_only_what_the_stage_reads(tmp_path):
     prepare, pretrain, bench = (stage_params(params, s) for s in ("prepare", "pretrain", "benchmark"))
     assert set(prepare) == {"data"} and "batch_size" not in prepare["data"]
     assert set(pretrain) == {"seed", "data", "model", "pretrain"} and pretrain["pretrain"]["epochs"] == 2
-    assert "profiles" not in bench and "tune" not in bench and "schedules" not in bench
+    assert not {"profiles", "tune", "schedules", "tracking"} & set(bench)
     # a stage file is a params file of its own: it loads to the same effective values, with no profile to apply
     again = load_params(_write(tmp_path / "bench.json", bench), required=True)
     assert stage_params(again, "benchmark") == bench
@@ -189,3 +190,16 @@ def test_the_shipped_params_yaml_holds_the_built_in_defaults():
     from flows.config import Params
     shipped = load_params(ROOT / "params.yaml", required=True).model_dump(exclude={"profiles"})
     assert shipped == Params().model_dump(exclude={"profiles"})
+
+
+def test_dvc_yaml_declares_the_paths_the_commands_write():
+    """flows/layout.py is where every path lives; dvc.yaml must declare the same ones as outputs."""
+    from flows import layout
+    from flows.config import STAGE_PARAMS
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outs = {next(iter(o)) if isinstance(o, dict) else o for s in stages.values() for o in s.get("outs", [])}
+    outs |= {next(iter(m)) for s in stages.values() for m in s.get("metrics", [])}
+    expected = {layout.DENSE_PATH, layout.TRIALS_DIR, layout.RESULTS_PATH, layout.REPORTS_DIR / "metrics.json",
+                layout.REPORTS_DIR / "plots.csv", layout.REPORTS_DIR / "leaderboard.md"}
+    expected |= {layout.PARAMS_DIR / f"{stage}.json" for stage in STAGE_PARAMS}
+    assert {p.as_posix() for p in expected} <= outs, sorted({p.as_posix() for p in expected} - outs)

@@ -103,10 +103,48 @@ def test_pruning_has_no_import_circle():
     assert not cycle, "import circle in pruning/: " + " -> ".join(cycle)
 
 
-@pytest.mark.xfail(strict=True, reason="flows/ split is the next step of issue 12")
 def test_flows_has_no_import_circle():
     cycle = find_cycle(import_graph("flows"))
     assert not cycle, "import circle in flows/: " + " -> ".join(cycle)
+
+
+def private_uses(package: str) -> list[str]:
+    """``module: name`` for every private name (``_x``) of another project module a module imports or reads:
+    ``from .m import _x`` and ``m._x`` where ``m`` is a project module it imported."""
+    found = []
+    project = set(modules_of("pruning")) | set(modules_of("flows"))
+    for module, path in modules_of(package).items():
+        tree = ast.parse(path.read_text(), str(path))
+        imported_modules = {}
+        for name in imported_names(module, path):
+            base, _, leaf = name.rpartition(".")
+            if name in project:
+                imported_modules[leaf] = name
+            elif base in project and base != module and leaf.startswith("_") and not leaf.startswith("__"):
+                found.append(f"{module}: {name}")
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in imported_modules and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                found.append(f"{module}: {imported_modules[node.value.id]}.{node.attr}")
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("package", ["pruning", "flows"])
+def test_no_module_uses_another_modules_private_names(package):
+    assert private_uses(package) == []
+
+
+def test_private_uses_finds_both_forms(tmp_path, monkeypatch):
+    package = tmp_path / "flows"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("_secret = 1\n")
+    (package / "b.py").write_text("from .a import _secret\nfrom . import a\nx = a._secret\n")
+    (tmp_path / "pruning").mkdir()
+    (tmp_path / "pruning" / "__init__.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert private_uses("flows") == ["flows.b: flows.a._secret"]
 
 
 def test_pruning_imports_no_orchestration():

@@ -137,16 +137,16 @@ def test_a_study_names_its_metric_reports_every_epoch_and_logs_its_data(tmp_path
 
 @pytest.mark.slow
 def test_the_data_has_one_digest_whether_prepared_by_the_cli_or_by_dvc(tmp_path, monkeypatch):
-    from flows import pipeline
+    from flows import keys
     from flows.config import load_params
     proj, env = make_project(tmp_path, TINY)
     monkeypatch.chdir(proj)
     params = load_params(proj / "params.yaml")
     _prunebench(proj, env, "prepare")
-    by_cli = pipeline.data_version(params)
+    by_cli = keys.data_version(params)
     assert by_cli["dvc_md5"] is None  # no dvc.lock yet
 
     subprocess.run([str(BIN / "dvc"), "repro", "prepare"], cwd=proj, env=env, check=True, capture_output=True)
-    by_dvc = pipeline.data_version(params)
+    by_dvc = keys.data_version(params)
     assert by_dvc["dvc_md5"]  # dvc.lock lists the folder now ...
     assert by_dvc["digest"] == by_cli["digest"] and by_dvc["content"] == by_cli["content"]  # ... the digest holds

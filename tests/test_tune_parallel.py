@@ -37,13 +37,13 @@ def _ask_allocations(study, n: int) -> list[dict]:
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 def test_workers_and_resumed_runs_sample_different_allocations_reproducibly(tmp_path, sampler):
-    from flows.tune import _sampler
+    from flows.tune.sampler import make_sampler
     p = load_params(tmp_path / "none.yaml", overrides={"tune": {"sampler": sampler, "trials": 20}})
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j.log")))
-    optuna.create_study(study_name="s", storage=storage, sampler=_sampler(p))
+    optuna.create_study(study_name="s", storage=storage, sampler=make_sampler(p))
 
     def worker():  # a process of its own: its own sampler object, the study shared through the storage
-        return optuna.load_study(study_name="s", storage=storage, sampler=_sampler(p))
+        return optuna.load_study(study_name="s", storage=storage, sampler=make_sampler(p))
     first, second = worker(), worker()
     drawn = []
     for _ in range(2):  # two workers taking turns
@@ -52,7 +52,7 @@ def test_workers_and_resumed_runs_sample_different_allocations_reproducibly(tmp_
     assert len({tuple(sorted(d.items())) for d in drawn}) == 6, drawn
 
     # the same inputs give the same study, trial by trial
-    again = optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=_sampler(p))
+    again = optuna.create_study(storage=optuna.storages.InMemoryStorage(), sampler=make_sampler(p))
     assert _ask_allocations(again, 2) == drawn[:2]
 
 

@@ -43,7 +43,7 @@ def test_dvc_repro_runs_the_whole_chain_into_mlflow_and_reports(tmp_path):
     lock = yaml.safe_load((proj / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"params", "prepare", "pretrain", "benchmark", "leaderboard"}
     data_md5 = lock["stages"]["prepare"]["outs"][0]["md5"]
-    from flows.pipeline import dir_digest
+    from flows.keys import dir_digest
     digest = dir_digest(proj / "data/digits")[:32]  # the prepared files' own hash, DVC's md5 beside it
 
     c, all_runs = runs(proj)

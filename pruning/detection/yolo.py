@@ -28,7 +28,7 @@ from ..methods import resolve
 from ..metrics import count_macs_params, measure_latency
 from ..modes import quiet_stdout, training_mode
 from ..models.yolo import (  # noqa: F401  (re-exported: one import for callers)
-    YOLO_MODELS, C2fSplit, _drop_integration_callbacks, build_yolo, check_imgsz, detect_head, is_yolo,
+    YOLO_MODELS, C2fSplit, drop_integration_callbacks, build_yolo, check_imgsz, detect_head, is_yolo,
     load_ultralytics_weights, replace_c2f, ultralytics_globals, ultralytics_setup)
 
 
@@ -139,7 +139,7 @@ def finetune_yolo(model: nn.Module, data_yaml: Path, imgsz: int, epochs: int, wo
                      amp=False, seed=seed, deterministic=True, optimizer="SGD", lr0=lr0, warmup_epochs=0,
                      close_mosaic=0, verbose=False, pretrained=False)
     trainer = DetectionTrainer(overrides=overrides)
-    _drop_integration_callbacks(trainer)
+    drop_integration_callbacks(trainer)
     _reset_cached_state(model)
     trainer.model = model  # the pruned object itself: setup_model() keeps an nn.Module as is
     trainer.final_eval = lambda: None  # prunebench validates separately (and never reloads pickles)
@@ -166,7 +166,7 @@ def evaluate_yolo(model: nn.Module, data_yaml: Path, imgsz: int, work_dir: Path,
     args = dict(data=str(data_yaml), imgsz=imgsz, batch=batch, device="cpu", workers=0, plots=False, split="val",
                 project=str(Path(work_dir).resolve()), name="val", exist_ok=True, verbose=False, save_json=False)
     validator = DetectionValidator(args=args)
-    _drop_integration_callbacks(validator)
+    drop_integration_callbacks(validator)
     start = time.perf_counter()
     with quiet_stdout():
         stats = validator(model=copy.deepcopy(model).float().eval())  # AutoBackend fuses Conv+BN: use a copy

@@ -37,7 +37,7 @@ _EXACT = 2 ** 24  # float32 represents every integer below this exactly
 
 
 # --------------------------------------------------------------------------- channel codes in .grad
-def _plain_conv(layer: nn.Module) -> bool:
+def is_plain_conv(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Conv2d) and layer.groups == 1 and not layer.transposed
 
 
@@ -87,7 +87,7 @@ class _Codes:
         return (torch.remainder(v, c0) if mode == "both" else v).long()
 
 
-def _groups(model: nn.Module, batches: list, pruner) -> list:
+def pruner_groups(model: nn.Module, batches: list, pruner) -> list:
     if pruner is not None:
         return list(pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
                                              root_module_types=pruner.root_module_types))
@@ -95,14 +95,14 @@ def _groups(model: nn.Module, batches: list, pruner) -> list:
     return list(graph.get_all_groups())
 
 
-def _graph(model: nn.Module, batches: list, pruner):
+def dependency_graph(model: nn.Module, batches: list, pruner):
     if pruner is not None:
         return pruner.DG
     return tp.DependencyGraph().build_dependency(model, example_inputs=batches[0][0][:1])
 
 
 # --------------------------------------------------------------------------- common base
-class _ActivationImportance(tp.importance.GroupMagnitudeImportance):
+class ActivationImportance(tp.importance.GroupMagnitudeImportance):
     """Shared machinery: per-original-channel scores on hooked layers, looked up through the channel codes."""
 
     side = "out"  # 'out': scores of producers' output channels; 'in': scores of consumers' input channels

@@ -1,6 +1,6 @@
 """What each input channel contributes to the next layer's output: the statistics ThiNet and CP rank channels by.
 
-:class:`_ConsumerImportance` hooks every convolution / linear layer that *consumes* a group's channels; see
+:class:`ConsumerImportance` hooks every convolution / linear layer that *consumes* a group's channels; see
 :mod:`.activations` for how the scores stay aligned with the channels while they are removed.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import nn
 
 from ..modes import eval_mode
 from ..tp_adapter import IN_FNS, group_members
-from .activations import Batches, _ActivationImportance, _groups, _plain_conv
+from .activations import Batches, ActivationImportance, pruner_groups, is_plain_conv
 
 # --------------------------------------------------------------------------- contributions to the next layer
 class _Contributions:
@@ -80,7 +80,7 @@ class _Contributions:
 
 
 def _consumer_ok(layer: nn.Module) -> bool:
-    return _plain_conv(layer) or isinstance(layer, nn.Linear)
+    return is_plain_conv(layer) or isinstance(layer, nn.Linear)
 
 
 def group_statistics(group, stats: Dict[nn.Module, _Contributions]):
@@ -108,7 +108,7 @@ def group_statistics(group, stats: Dict[nn.Module, _Contributions]):
     return (gram, xy, rows, used) if used else None
 
 
-class _ConsumerImportance(_ActivationImportance):
+class ConsumerImportance(ActivationImportance):
     side = "in"
 
     def __init__(self, samples_per_image: Optional[int] = 10, seed: int = 0, normalizer="mean",
@@ -123,7 +123,7 @@ class _ConsumerImportance(_ActivationImportance):
     @torch.no_grad()
     def calibrate(self, model: nn.Module, batches: Batches, pruner=None) -> int:
         batches = list(batches)
-        groups = _groups(model, batches, pruner)
+        groups = pruner_groups(model, batches, pruner)
         gen = torch.Generator().manual_seed(self.seed)
         stats: Dict[nn.Module, _Contributions] = {}
         for g in groups:
@@ -163,7 +163,7 @@ class _ConsumerImportance(_ActivationImportance):
         pass
 
 
-def _ordered_scores(order: List[int], values: torch.Tensor, n: int) -> torch.Tensor:
+def ordered_scores(order: List[int], values: torch.Tensor, n: int) -> torch.Tensor:
     """Scores that sort like ``order`` (first = lowest), carrying ``values`` (made non-decreasing) as magnitude."""
     values = torch.cummax(values.double().clamp_min(0), 0).values
     top = float(values[-1]) if len(values) else 1.0
@@ -173,7 +173,7 @@ def _ordered_scores(order: List[int], values: torch.Tensor, n: int) -> torch.Ten
     return scores
 
 
-def _forward_with_hooks(model: nn.Module, batches, layers, make_hook) -> None:
+def forward_with_hooks(model: nn.Module, batches, layers, make_hook) -> None:
     """Run every batch through the model with ``make_hook(layer, batch_index)`` as each layer's forward hook."""
     for b, (x, _) in enumerate(batches):
         hooks = [layer.register_forward_hook(make_hook(layer, b)) for layer in layers]

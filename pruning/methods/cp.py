@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modes import eval_mode
-from .activations import _plain_conv
+from .activations import is_plain_conv
 from .base import CRITERION, register
-from .contributions import _ConsumerImportance, _forward_with_hooks
+from .contributions import ConsumerImportance, forward_with_hooks
 
 def lasso_path_scores(gram: torch.Tensor, xy: torch.Tensor, rows: int) -> torch.Tensor:
     """Channel scores from the LASSO regularisation path of ``min_b |Y - Z b|^2/(2 n) + alpha |b|_1``.
@@ -42,7 +42,7 @@ def lasso_path_scores(gram: torch.Tensor, xy: torch.Tensor, rows: int) -> torch.
     return score + 1e-9 * energy / (energy.max() + 1e-30)
 
 
-class CPImportance(_ConsumerImportance):
+class CPImportance(ConsumerImportance):
     """CP, channel pruning (He et al., ICCV 2017): LASSO over the channels' contributions to the next layer's output.
 
     The contributions are sampled as for ``thinet`` (``samples_per_image`` output entries per image of each
@@ -71,7 +71,7 @@ class CPImportance(_ConsumerImportance):
         if not self.refit:
             return
         gen = torch.Generator().manual_seed(self.seed + 1)
-        convs = [layer for layer in self.scores if _plain_conv(layer)]
+        convs = [layer for layer in self.scores if is_plain_conv(layer)]
         for conv in convs:
             self.codes.tag(conv, "both")
         positions = {}
@@ -91,7 +91,7 @@ class CPImportance(_ConsumerImportance):
             return fn
 
         model.eval()
-        _forward_with_hooks(model, batches, convs, hook)
+        forward_with_hooks(model, batches, convs, hook)
         self._refit_data = {"batches": batches, "positions": positions,
                             "targets": {c: torch.cat(t) for c, t in targets.items()}}
 
@@ -119,7 +119,7 @@ class CPImportance(_ConsumerImportance):
             return fn
 
         with eval_mode(model):
-            _forward_with_hooks(model, data["batches"], convs, hook)
+            forward_with_hooks(model, data["batches"], convs, hook)
         for conv in convs:
             out_ids = self.codes.out_ids(conv)
             if out_ids is None:

@@ -17,7 +17,7 @@ Batches = Iterable[Tuple[torch.Tensor, torch.Tensor]]
 
 
 
-def _trainable(model: nn.Module):
+def trainable_parameters(model: nn.Module):
     return [p for p in model.parameters() if p.requires_grad]
 
 

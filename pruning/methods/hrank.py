@@ -8,7 +8,7 @@ from torch import nn
 
 from ..modes import eval_mode
 from ..tp_adapter import OUT_FNS, group_members
-from .activations import Batches, _ActivationImportance, _graph, _groups, _plain_conv
+from .activations import Batches, ActivationImportance, dependency_graph, pruner_groups, is_plain_conv
 from .base import CRITERION, register
 
 def batched_matrix_rank(maps: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
@@ -17,7 +17,7 @@ def batched_matrix_rank(maps: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
         torch.zeros(0, dtype=torch.long)
 
 
-class HRankImportance(_ActivationImportance):
+class HRankImportance(ActivationImportance):
     """HRank (Lin et al., CVPR 2020): a channel's score is the mean matrix rank of its feature maps.
 
     The feature map of a convolution's output channel is taken where HRank takes it, after the activation: the
@@ -38,11 +38,11 @@ class HRankImportance(_ActivationImportance):
     @torch.no_grad()
     def calibrate(self, model: nn.Module, batches: Batches, pruner=None) -> int:
         batches = list(batches)
-        graph = _graph(model, batches, pruner)
+        graph = dependency_graph(model, batches, pruner)
         producers = {}
-        for g in _groups(model, batches, pruner):
+        for g in pruner_groups(model, batches, pruner):
             for member in group_members(g, OUT_FNS):
-                if _plain_conv(member.layer):  # a linear layer's outputs have no feature maps
+                if is_plain_conv(member.layer):  # a linear layer's outputs have no feature maps
                     producers[member.layer] = None
         hooks, sums = [], {}
         for conv in producers:

@@ -7,7 +7,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .base import CRITERION, register
-from .gradient_scores import Batches, _trainable, score_group
+from .gradient_scores import Batches, trainable_parameters, score_group
 from .per_sample_grads import per_sample_grad_squares
 
 
@@ -21,7 +21,7 @@ class HessianImportance(tp.importance.GroupHessianImportance):
 
     def accumulate_grad(self, model: nn.Module) -> None:
         """Torch-Pruning's API: add the current ``.grad`` (of one sample's loss) to the running sum of squares."""
-        for param in _trainable(model):
+        for param in trainable_parameters(model):
             if param.grad is None:
                 continue
             square = param.grad.detach().pow(2)

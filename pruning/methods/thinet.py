@@ -7,7 +7,7 @@ from typing import List, Tuple
 import torch
 
 from .base import CRITERION, register
-from .contributions import _ConsumerImportance, _ordered_scores
+from .contributions import ConsumerImportance, ordered_scores
 
 def thinet_greedy(gram: torch.Tensor) -> Tuple[List[int], torch.Tensor]:
     """ThiNet's greedy selection on the Gram matrix of the contributions Z.
@@ -33,7 +33,7 @@ def thinet_greedy(gram: torch.Tensor) -> Tuple[List[int], torch.Tensor]:
     return order, torch.tensor(errors, dtype=torch.float64)
 
 
-class ThiNetImportance(_ConsumerImportance):
+class ThiNetImportance(ConsumerImportance):
     """ThiNet (Luo et al., ICCV 2017): keep the channels whose removal least changes the next layer's output.
 
     Calibration samples ``samples_per_image`` output entries per image of every next layer (consumer) and records
@@ -50,7 +50,7 @@ class ThiNetImportance(_ConsumerImportance):
 
     def _order_scores(self, gram, xy, rows):
         order, errors = thinet_greedy(gram)
-        return _ordered_scores(order, errors, gram.shape[0])
+        return ordered_scores(order, errors, gram.shape[0])
 
 
 @register("thinet", CRITERION, needs_data=True,

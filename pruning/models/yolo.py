@@ -92,7 +92,7 @@ def _load_label_cache(path) -> dict:
     return load_npy(path).item()
 
 
-def _drop_integration_callbacks(obj) -> None:
+def drop_integration_callbacks(obj) -> None:
     """Keep only ultralytics' own default callbacks (no MLflow/DVC/... and no analytics events)."""
     for event, fns in obj.callbacks.items():
         obj.callbacks[event] = [f for f in fns if getattr(f, "__module__", "").endswith("callbacks.base")
