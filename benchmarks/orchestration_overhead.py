@@ -4,7 +4,8 @@ and the wall time and peak memory of `dvc repro` on the embedded default.
     .venv/bin/python benchmarks/orchestration_overhead.py overhead   # per-trial overhead and fixed start
     .venv/bin/python benchmarks/orchestration_overhead.py repro      # full `dvc repro` (all methods, 2x and 4x)
 
-Each part runs in a fresh temporary copy of the project (its own git + DVC repo, Prefect home and MLflow store).
+Each part runs in a fresh temporary copy of the project (tests/helpers.make_project: its own git + DVC repo, Prefect
+home and MLflow store).
 Overhead: both sides run the quick-profile trials of N1 and N2 criteria (no sparsifier, so trials are alike) in a
 fresh process, dense baseline and prepared data shared; per-trial overhead = slope of (flow - bare) over N, fixed
 start = the intercept.  Results print as JSON (and go to benchmarks/results/ when --save is given).
@@ -22,10 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: `tests` imports as a namespace package
+from tests.helpers import BIN, ROOT, make_project  # noqa: E402
 
 BARE = r"""
 import json, sys, time
@@ -42,29 +41,6 @@ for i, m in enumerate(methods):
     stages.run_trial(params, m, 2.0, "protected", dense, work / "finetuned.pt", work, dense_metrics=dense_eval)
 print(json.dumps({"wall": time.perf_counter() - t0}))
 """
-
-
-def project(tmp: Path, quick: dict | None = None) -> tuple[Path, dict]:
-    proj = tmp / "proj"
-    proj.mkdir(parents=True)
-    for name in ("pruning", "flows"):
-        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore", "params.yaml"):
-        shutil.copy(ROOT / name, proj / name)
-    if quick is not None:
-        params = yaml.safe_load((proj / "params.yaml").read_text())
-        params["profiles"]["quick"] = {**params["profiles"]["quick"], **quick}
-        (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(proj),
-           "PREFECT_HOME": str(tmp / "prefect"), "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
-           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b", "DVC_NO_ANALYTICS": "1",
-           "OMP_WAIT_POLICY": "PASSIVE"}  # as the prunebench commands set it, so the bare loop is comparable
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("PREFECT_API_URL", None)
-    for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "bench"]):
-        subprocess.run(cmd, cwd=proj, env=env, check=True, capture_output=True)
-    return proj, env
 
 
 def timed(cmd, cwd, env) -> tuple[float, float, str]:
@@ -96,7 +72,7 @@ def overhead(n_small: int, n_large: int) -> dict:
     methods = ["l1", "l2", "fpgm", "random", "lamp", "bnscale"]
     assert n_large <= len(methods)
     with tempfile.TemporaryDirectory(prefix="pb-overhead-") as tmp:
-        proj, env = project(Path(tmp))
+        proj, env = make_project(Path(tmp), profile=None)
         py = str(BIN / "python")
         # shared inputs: prepared data and the dense baseline (quick profile)
         subprocess.run([str(BIN / "prunebench"), "prepare", "--profile", "quick"], cwd=proj, env=env, check=True,
@@ -126,7 +102,7 @@ def overhead(n_small: int, n_large: int) -> dict:
 
 def repro() -> dict:
     with tempfile.TemporaryDirectory(prefix="pb-repro-") as tmp:
-        proj, env = project(Path(tmp))
+        proj, env = make_project(Path(tmp), profile=None)
         wall, mem, _ = timed([str(BIN / "dvc"), "repro"], proj, env)
         metrics = json.loads((proj / "reports/metrics.json").read_text())
         return {"wall_s": round(wall, 1), "peak_rss_gb": round(mem, 2), "trials": metrics["trials"],

@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/reliability.py all --save     # all three -> benchmarks/results/reliability.json
 
 Everything runs the real `prunebench` command in a fresh copy of the project (its own git + DVC repo, Prefect home
-and MLflow store; see orchestration_overhead.project).  What counts as handled:
+and MLflow store; see tests/helpers.make_project).  What counts as handled:
 
 * bad input: exit code 2, exactly one non-empty line on stderr starting with ``error:``, no traceback, the project
   folder byte-identical afterwards (an earlier result at an output path intact), and no file from a malicious
@@ -24,7 +24,6 @@ import json
 import os
 import pickle
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,10 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from orchestration_overhead import BIN, ROOT, project  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: `tests` imports as a namespace package
+from tests.helpers import BIN, ROOT, make_project  # noqa: E402
 
 PRUNEBENCH = str(BIN / "prunebench")
 MARKER = "payload-ran"
@@ -245,9 +242,8 @@ def judge(name: str, proc: subprocess.CompletedProcess, before: dict, after: dic
 
 def bad_inputs(parallel: int = 2) -> dict:
     with tempfile.TemporaryDirectory(prefix="pb-bad-") as tmp:
-        proj, env = project(Path(tmp))
+        proj, env = make_project(Path(tmp), profile=None)
         write_fixtures(proj)
-        env = {**env, "PYTHONPATH": str(proj)}
 
         def run(case):
             name, args = case
@@ -334,13 +330,11 @@ def kill_benchmark(tmp: Path, kills: int, rng: random.Random) -> dict:
     quick = {"benchmark": {"methods": ["l2", "taylor", "l2+group_norm", "random", "fpgm", "lamp"],
                            "speedups": [2, 4]}}
     cmd = [PRUNEBENCH, "benchmark", "--no-leaderboard"]
-    reference_proj, env = project(tmp / "reference", quick)
-    set_profile(reference_proj)
+    reference_proj, env = make_project(tmp / "reference", quick, merge=True)
     done = subprocess.run(cmd, cwd=reference_proj, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     reference = by_name(reference_proj)
-    proj, env = project(tmp / "killed", quick)
-    set_profile(proj)
+    proj, env = make_project(tmp / "killed", quick, merge=True)
     outcome = run_killed(cmd, proj, env, kills, (8, 40), rng)
     trials = by_name(proj)
     runs = [r for r in mlflow_runs(proj) if r.data.tags.get("kind") == "trial"]
@@ -365,8 +359,7 @@ def kill_benchmark(tmp: Path, kills: int, rng: random.Random) -> dict:
 def kill_study(tmp: Path, kills: int, rng: random.Random, trials: int = 10) -> dict:
     import optuna
     from optuna.trial import TrialState
-    proj, env = project(tmp / "study")
-    set_profile(proj)
+    proj, env = make_project(tmp / "study")
     cmd = [PRUNEBENCH, "tune", "--method", "l2", "--speedup", "2", "--trials", str(trials), "--storage",
            "sqlite:///optuna.db"]
     outcome = run_killed(cmd, proj, env, kills, (10, 40), rng)
@@ -390,12 +383,6 @@ def kill_study(tmp: Path, kills: int, rng: random.Random, trials: int = 10) -> d
             "optuna_trials_left_running": left_running, "ok": ok}
 
 
-def set_profile(proj: Path) -> None:
-    params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["profile"] = "quick"
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def kills(benchmark_kills: int, study_kills: int, seed: int) -> dict:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="pb-kills-") as tmp:
@@ -415,8 +402,7 @@ def workers(configs: list) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="pb-workers-") as tmp:
         for n, storage, trials in configs:
-            proj, env = project(Path(tmp) / f"{n}-{storage.split(':')[0]}")
-            set_profile(proj)
+            proj, env = make_project(Path(tmp) / f"{n}-{storage.split(':')[0]}")
             cmd = [PRUNEBENCH, "tune", "--method", "l2", "--speedup", "2", "--trials", str(trials), "--storage",
                    storage]
             start = time.perf_counter()

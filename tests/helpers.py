@@ -1,4 +1,5 @@
-"""Shared by the end-to-end tests: a copy of the project as its own git + DVC repo, and MLflow lookups."""
+"""Shared by the end-to-end tests and the benchmarks: a copy of the project as its own git + DVC repo, and MLflow
+lookups."""
 from __future__ import annotations
 
 import os
@@ -13,21 +14,34 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def make_project(tmp: Path, quick: dict) -> tuple[Path, dict]:
-    """A copy of the project as its own git + DVC repo, params.yaml set to the quick profile (tweaked)."""
+def make_project(tmp: Path, quick: dict | None = None, *, merge: bool = False,
+                 profile: str | None = "quick") -> tuple[Path, dict]:
+    """A copy of the project as its own git + DVC repo in ``tmp/proj``, and the environment to run commands in it.
+
+    Tests and benchmarks (``benchmarks/*.py`` import it as ``tests.helpers``) build their throwaway projects here.
+    ``quick`` replaces params.yaml's ``profiles.quick`` (``merge=True``: only the sections it names; None: kept as
+    is); ``profile`` becomes params.yaml's active profile (None: params.yaml's own, the full default chain).
+    The environment: this interpreter's bin first on PATH, the copy on PYTHONPATH, its own PREFECT_HOME, a git
+    identity, no analytics, OMP_WAIT_POLICY as prunebench's commands default it, and no outside MLflow store or
+    Prefect server.
+    """
     proj = tmp / "proj"
-    proj.mkdir()
+    proj.mkdir(parents=True)
     for name in ("pruning", "flows"):
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore", ".gitignore"):
+    for name in ("pyproject.toml", "dvc.yaml", ".dvcignore", ".gitignore", "params.yaml"):
         shutil.copy(ROOT / name, proj / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["profile"] = "quick"
-    params["profiles"]["quick"] = quick
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if quick is not None or profile is not None:
+        params = yaml.safe_load((proj / "params.yaml").read_text())
+        if quick is not None:
+            params["profiles"]["quick"] = {**params["profiles"]["quick"], **quick} if merge else quick
+        if profile is not None:
+            params["profile"] = profile
+        (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(proj),
            "PREFECT_HOME": str(tmp / "prefect"), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "DVC_NO_ANALYTICS": "1"}
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as flows.env sets it, so a bare loop compares with the commands
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_API_URL", None)
     run = lambda *cmd: subprocess.run(cmd, cwd=proj, env=env, check=True, capture_output=True, text=True)

@@ -68,14 +68,22 @@ def test_dvc_repro_runs_the_whole_chain_into_mlflow_and_reports(tmp_path):
     assert [m.step for m in history] == [1]
     assert {a.path for a in c.list_artifacts(parents[0].info.run_id, "leaderboard")} >= {
         "leaderboard/leaderboard.md", "leaderboard/leaderboard.csv", "leaderboard/leaderboard.png"}
-    # the pruned checkpoint loads without unpickling code
+    # the pruned checkpoint loads without unpickling code, as the pruned model the trial measured and evaluated
     import pruning
+    import torch
     first = json.loads((proj / "reports/benchmark.json").read_text())["trials"][0]
-    model, _ = pruning.load_checkpoint(proj / first["checkpoint"])
-    assert model is not None
+    model, meta = pruning.load_checkpoint(proj / first["checkpoint"])
+    x = torch.randn(2, meta["in_chans"], meta["input_size"], meta["input_size"])
+    assert pruning.count_macs_params(model, x[:1]) == (first["macs_pruned"], first["params_pruned"])
+    assert first["macs_dense"] / first["macs_pruned"] == pytest.approx(first["speedup"])
+    assert first["speedup"] >= first["speedup_target"]
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, meta["num_classes"])
+    test = pruning.load_data(str(proj / "data/digits")).loader("test", 256)
+    assert pruning.accuracy(model, test) == pytest.approx(first["acc_finetuned"], abs=0.5)  # its trained weights
     # nothing to do on a second repro
     again = subprocess.run([str(BIN / "dvc"), "status"], cwd=proj, env=env, capture_output=True, text=True)
-    assert "up to date" in again.stdout.lower() or again.stdout.strip() == "", again.stdout
+    assert again.returncode == 0 and "up to date" in again.stdout.lower(), again.stdout + again.stderr
 
 
 @pytest.mark.slow
@@ -104,9 +112,16 @@ def test_a_killed_benchmark_resumes_without_rerunning_or_duplicating(tmp_path):
     done = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert first.stat().st_mtime_ns == stamp and ckpt.stat().st_mtime_ns == ckpt_stamp  # not trained again
-    assert "[cached]" in done.stderr or "cached" in done.stderr
     results = sorted((proj / "models/trials").glob("*/result.json"))
     assert len(results) == 2
+    # the finished trial is reused, the killed one computed: one "[cached]" progress line, naming the first
+    trials = {t["trial_key"]: t for t in json.loads((proj / "reports/benchmark.json").read_text())["trials"]}
+    assert set(trials) == {r.parent.name for r in results}
+    assert {k: t["cached"] for k, t in trials.items()} == {k: k == first.parent.name for k in trials}
+    reused = trials[first.parent.name]
+    cached = [line for line in done.stderr.splitlines() if "[cached]" in line]
+    assert len(cached) == 1 and f"{reused['method']}@{reused['speedup_target']:g}x/{reused['scope']}: " in cached[0], \
+        done.stderr[-3000:]
 
     c, all_runs = runs(proj)
     trial_runs = [r for r in all_runs if r.data.tags.get("kind") == "trial"]
@@ -190,4 +205,5 @@ def test_leaderboard_ranks_methods_and_measures_rank_consistency(tmp_path):
     plot = (tmp_path / "reports/plots.csv").read_text().splitlines()
     assert plot[0].startswith("method,") and len(plot) == 1 + 7  # one row per finished trial
     assert sorted({line.split(",")[0] for line in plot[1:]}) == ["l2", "l2+group_norm", "random", "taylor"]
-    assert Path(files["png"]).stat().st_size > 0 and Path(files["rank_png"]).stat().st_size > 0
+    for png in (files["png"], files["rank_png"]):
+        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
