@@ -184,8 +184,7 @@ def prune(
 
     from .progress import reporting
     pruning.resolve(method)
-    if not speedup > 1:
-        fail(f"speedup must be > 1 (dense MACs / pruned MACs), got {speedup:g}")
+    pruning.check_prune_args(speedup, params.prune.scope, params.prune.protect, params.prune.steps)
     from . import stages
     if stages.is_detection(params):  # YOLO on a detection dataset: ultralytics trainer and validator
         if checkpoint is not None and not checkpoint.is_file():

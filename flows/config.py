@@ -12,7 +12,7 @@ from pruning.data import DATASETS, is_known_dataset
 from pruning.errors import PruneBenchError, one_line
 from pruning.methods import resolve
 from pruning.models import is_known_model, list_models
-from pruning.steps import SCOPES
+from pruning.steps import SCOPES, check_prune_args
 
 
 class _Section(BaseModel):
@@ -237,9 +237,11 @@ def _methods(names: list) -> list:
 
 
 def _speedups(v: list) -> list:
-    bad = [s for s in v if not s > 1]
-    if bad:
-        raise ValueError(f"every speedup must be > 1 (dense MACs / pruned MACs); got {bad}")
+    for speedup in v:
+        try:
+            check_prune_args(speedup)  # the library's own rule
+        except PruneBenchError as e:
+            raise ValueError(str(e)) from None
     return v
 
 

@@ -12,15 +12,10 @@ import os
 import time
 from pathlib import Path
 
-# Quiet, offline defaults for Prefect (before it is imported) and its temporary server subprocess.  Also
-# OMP_WAIT_POLICY=PASSIVE (read when torch loads): on a busy machine OpenMP's spin-waiting threads made a
-# finetune epoch 17x slower (95 s instead of 5.5 s on 2 shared cores).
-for _key, _value in {"PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL", "PREFECT_LOGGING_LEVEL": "WARNING",
-                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-                     "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
-                     "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false", "OMP_WAIT_POLICY": "PASSIVE"}.items():
-    os.environ.setdefault(_key, _value)
+from .env import quiet_environment
+
+# Quiet, offline defaults for Prefect (before it is imported) and its temporary server subprocess.
+quiet_environment()
 
 
 _SERVER: dict = {}

@@ -199,15 +199,22 @@ def _importance(method, model, example_inputs, num_classes, seed):
     raise PruneBenchError(f"method must be a registry name or a Torch-Pruning importance, not {type(method).__name__}")
 
 
-def _validate(speedup, scope, protect, steps, name, needs_data, data):
+def check_prune_args(speedup: Optional[float], scope: str = "protected", protect: float = DEFAULT_PROTECT,
+                     steps: int = 1) -> None:
+    """What :func:`prune` accepts as its target, scope, protection and steps (a PruneBenchError otherwise): callers
+    check their input with it before any work starts."""
     if scope not in SCOPES:
         raise unknown_choice("scope", scope, SCOPES)
     if speedup is not None and not speedup > 1:
-        raise PruneBenchError(f"speedup must be > 1 (dense MACs / pruned MACs), got {speedup}")
+        raise PruneBenchError(f"speedup must be > 1 (dense MACs / pruned MACs), got {speedup:g}")
     if not 0 <= protect < 1:
         raise PruneBenchError(f"protect must be in [0, 1), got {protect}")
     if steps < 1:
         raise PruneBenchError(f"steps must be >= 1, got {steps}")
+
+
+def _validate(speedup, scope, protect, steps, name, needs_data, data):
+    check_prune_args(speedup, scope, protect, steps)
     if needs_data and data is None:
         raise PruneBenchError(f"method {name!r} needs calibration data: pass data= (batches of inputs, labels)")
 

@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from flows.env import quiet_environment
+
 ROOT = Path(__file__).resolve().parents[1]
-for key, value in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-                   "DVC_NO_ANALYTICS": "1", "YOLO_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-                   "OMP_WAIT_POLICY": "PASSIVE"}.items():
-    os.environ.setdefault(key, value)
+quiet_environment()  # the commands' own defaults, for the libraries the tests drive directly too
 
 
 @pytest.fixture(scope="session")

@@ -88,13 +88,17 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
     return []
 
 
+def fake_packages(root: Path, monkeypatch, **packages: dict) -> None:
+    """Packages under ``root`` (``name={module: source}``, each with an empty ``__init__``), and ROOT pointed there."""
+    for name, files in packages.items():
+        (root / name).mkdir()
+        for module, source in {"__init__": "", **files}.items():
+            (root / name / f"{module}.py").write_text(source)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", root)
+
+
 def test_find_cycle_finds_a_circle_through_a_function_level_import(tmp_path, monkeypatch):
-    package = tmp_path / "pkg"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "a.py").write_text("from .b import f\n")
-    (package / "b.py").write_text("def f():\n    from . import a\n")
-    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    fake_packages(tmp_path, monkeypatch, pkg={"a": "from .b import f\n", "b": "def f():\n    from . import a\n"})
     assert find_cycle(import_graph("pkg")) == ["pkg.a", "pkg.b", "pkg.a"]
 
 
@@ -136,14 +140,8 @@ def test_no_module_uses_another_modules_private_names(package):
 
 
 def test_private_uses_finds_both_forms(tmp_path, monkeypatch):
-    package = tmp_path / "flows"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "a.py").write_text("_secret = 1\n")
-    (package / "b.py").write_text("from .a import _secret\nfrom . import a\nx = a._secret\n")
-    (tmp_path / "pruning").mkdir()
-    (tmp_path / "pruning" / "__init__.py").write_text("")
-    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    fake_packages(tmp_path, monkeypatch, pruning={},
+                  flows={"a": "_secret = 1\n", "b": "from .a import _secret\nfrom . import a\nx = a._secret\n"})
     assert private_uses("flows") == ["flows.b: flows.a._secret"]
 
 

@@ -12,6 +12,7 @@ import optuna
 from filelock import FileLock
 
 from pruning import fileio
+from pruning import check_prune_args
 from pruning.errors import PruneBenchError
 
 from .. import stages
@@ -29,8 +30,7 @@ WORKER_ATTR = "worker"
 def check(params: Params, speedup: Optional[float]) -> list[str]:
     """Everything that can be wrong before a study starts; returns the layer-group names of the search space."""
     t = params.tune
-    if speedup is not None and not speedup > 1:
-        raise PruneBenchError(f"speedup must be > 1 (dense MACs / pruned MACs), got {speedup:g}")
+    check_prune_args(speedup)
     if stages.is_detection(params):
         raise PruneBenchError("tuning runs on classification models and datasets (YOLO: use `prunebench prune`)")
     stages.preflight(params)
