@@ -33,6 +33,12 @@ class _UserErrorsStayOneLine(logging.Filter):
 for _name in ("prefect.flow_runs", "prefect.task_runs"):
     logging.getLogger(_name).addFilter(_UserErrorsStayOneLine())
 
+# Prefect's background senders say "Still processing items: N items remaining..." while they drain at exit (a
+# command that fails fast on bad input exits with an event or a log line still queued): progress of Prefect's own
+# shutdown, not something a user can act on, and it would break the one-line contract for bad input.
+for _name in ("EventsWorker", "APILogWorker"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
 
 def flow_run_id():
     """The id of the Prefect flow run this code runs in (None outside one)."""
