@@ -165,5 +165,5 @@ def test_offline_and_quiet_setup():
     fake = lambda trainer: None
     fake.__module__ = "ultralytics.utils.callbacks.mlflow"
     holder.callbacks["on_pretrain_routine_end"].append(fake)
-    yolo._drop_integration_callbacks(holder)
+    yolo.drop_integration_callbacks(holder)
     assert fake not in holder.callbacks["on_pretrain_routine_end"]
