@@ -58,21 +58,11 @@ class Study:
     source: str               # the checkpoint every trial prunes (dense, or the method's sparse-trained one)
     parent_run_id: Optional[str] = None  # this session's parent, set once the study has work to do
 
-    @property
-    def params(self) -> Params:
-        return self.sweep.params
-
-    @property
-    def experiment_id(self) -> str:
-        return self.sweep.experiment_id
-
-    @property
-    def tags(self) -> dict:
-        return self.sweep.tags
-
-    @property
-    def data(self) -> dict:
-        return self.sweep.data
+    # the invocation's values, read from its sweep context
+    params = property(lambda self: self.sweep.params, doc="the validated params (Params)")
+    experiment_id = property(lambda self: self.sweep.experiment_id, doc="the MLflow experiment")
+    tags = property(lambda self: self.sweep.tags, doc="tags every run of the invocation carries")
+    data = property(lambda self: self.sweep.data, doc="keys.data_version of the prepared data")
 
     @property
     def multi(self) -> bool:
