@@ -1,4 +1,5 @@
 """Each criterion against an independent computation on a tiny model (one DepGraph group: conv1 out-channels)."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,13 +72,28 @@ def test_l2_is_group_mean_of_squared_norms(tiny):
     assert torch.allclose(score("l2", model, group), expected, atol=1e-5)
 
 
-def test_fpgm_is_distance_to_the_other_filters(tiny):
-    model, group = tiny
-    per_member = []
-    for w in (members(model)[0], members(model)[2]):  # FPGM scores conv/linear weights only
-        f = w.pow(2)
-        per_member.append(torch.stack([sum(torch.dist(f[i], f[j]) for j in range(len(f))) for i in range(len(f))]))
-    assert torch.allclose(score("fpgm", model, group), mean_normalised(per_member), rtol=1e-4)
+def test_fpgm_is_the_sum_of_distances_between_signed_filters(tiny):
+    model, group = tiny  # conv1 is the group's only layer whose out-channels (filters) are pruned
+    w = model.conv1.weight.detach().flatten(1).double().numpy()
+    distances = np.sqrt(((w[:, None] - w[None]) ** 2).sum(-1)).sum(1)
+    expected = torch.from_numpy(distances / distances.mean()).float()
+    assert torch.allclose(score("fpgm", model, group), expected, rtol=1e-4)
+
+
+def test_fpgm_ranks_by_signed_weights_unlike_torch_prunings_squared_ones():
+    model = nn.Sequential(nn.Linear(2, 3, bias=False), nn.ReLU(), nn.Linear(3, 1))
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 2))
+    group = graph.get_pruning_group(model[0], tp.prune_linear_out_channels, idxs=[0, 1, 2])
+    fpgm, upstream = get_method("fpgm").build(), tp.importance.FPGMImportance(p=2)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 0.0], [1.2, 0.0], [0.0, 1.0]]))
+    before = fpgm(group), upstream(group)
+    assert before[0].argmin() == 0  # filter 0 lies nearest the others
+    with torch.no_grad():
+        model[0].weight[0].neg_()  # now far from filter 1; its squared weights are unchanged
+    after = fpgm(group), upstream(group)
+    assert after[0].argmin() == 2 and after[0][0] > before[0][0]
+    assert torch.equal(after[1], before[1])
 
 
 def test_lamp_normalises_by_the_sum_of_larger_scores(tiny):

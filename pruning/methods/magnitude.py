@@ -2,6 +2,7 @@
 import torch
 import torch_pruning as tp
 
+from ..tp_adapter import OUT_FNS, group_members, reduce_and_normalize
 from .base import CRITERION, register
 
 
@@ -22,10 +23,10 @@ def l2(**_):
     return tp.importance.GroupMagnitudeImportance(p=2)
 
 
-@register("fpgm", CRITERION, needs_data=False, summary="distance of each filter to the layer's geometric median",
+@register("fpgm", CRITERION, needs_data=False, summary="sum of distances from the filter to its layer's other filters",
           reference="He et al., Filter Pruning via Geometric Median, CVPR 2019")
 def fpgm(**_):
-    return tp.importance.FPGMImportance(p=2)
+    return GeometricMedianImportance()
 
 
 @register("lamp", CRITERION, needs_data=False, summary="L2 score normalised by the sum of the larger scores",
@@ -52,6 +53,27 @@ class BNScaleImportance(tp.importance.BNScaleImportance):
         if scores is None or len(scores) < 2:
             return scores
         return scores + torch.linspace(0, 1e-6, len(scores)) * scores.abs().mean()
+
+
+class GeometricMedianImportance(tp.importance.GroupMagnitudeImportance):
+    """FPGM as published: each filter of a conv/linear layer whose out-channels the group prunes scores the sum of
+    Euclidean distances from its signed weights to the layer's other filters; the layers' scores are reduced (mean)
+    and normalised (mean) like Torch-Pruning's. Its ``FPGMImportance`` measures distances between squared weights
+    (signs lost) and also scores the consumers' input columns."""
+
+    def __init__(self):
+        super().__init__(p=2, group_reduction="mean", normalizer="mean")
+
+    @torch.no_grad()
+    def __call__(self, group, **kwargs):
+        scores, root_idxs = [], []
+        for member in group_members(group, OUT_FNS):
+            weight = member.layer.weight.detach()
+            filters = (weight.transpose(0, 1) if getattr(member.layer, "transposed", False) else weight).flatten(1)
+            distances = torch.cdist(filters.float(), filters.float(), p=2).sum(1)
+            scores.append(distances[torch.as_tensor(member.idxs, dtype=torch.long, device=distances.device)])
+            root_idxs.append(member.root_idxs)
+        return reduce_and_normalize(self, scores, root_idxs) if scores else None
 
 
 class SeededRandomImportance(tp.importance.RandomImportance):
