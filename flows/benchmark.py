@@ -54,9 +54,10 @@ def benchmark_flow(params: dict, trials_dir: str = str(TRIALS_DIR), dense_path: 
                    results_path: str = str(RESULTS_PATH)) -> dict:
     """Every trial of params.yaml's benchmark section; writes ``results_path`` and returns the summary."""
     p = Params.model_validate(params)
-    ctx = open_sweep(p, "benchmark", baseline(p, Path(dense_path)), trials_dir)
+    ctx = open_sweep(p, "benchmark", baseline(p, Path(dense_path)), trials_dir).evaluated().with_seed_baselines(
+        p.benchmark.seeds)
     trials = trials_of(p)
-    keys = [t.key(ctx) for t in trials]
+    keys = [t.key(ctx.for_seed(t.seed)) for t in trials]
     sweep = make_key("sweep", sorted(keys))
     done = [cached_run(ctx, k) for k in keys]
     if all(done):
@@ -65,7 +66,6 @@ def benchmark_flow(params: dict, trials_dir: str = str(TRIALS_DIR), dense_path: 
                                    f"run(s) {', '.join(where)}); no new run logged")
     else:
         ctx = ctx.with_parent(start_parent(ctx, sweep, len(trials)))
-    ctx = ctx.evaluated()
     try:
         records = run_trials(ctx, trials)
     except BaseException:
@@ -91,8 +91,10 @@ def start_parent(ctx: SweepContext, sweep: str, n_trials: int) -> str:
     parent = ctx.tracker.parent_run(
         ctx.experiment_id, sweep, f"benchmark-{p.model.name}-{dataset_slug(p.data.dataset)}",
         {"methods": p.benchmark.methods, "speedups": p.benchmark.speedups, "scopes": p.benchmark.scopes,
-         "profile": p.profile, "seed": p.seed, "model": p.model.name, "dataset": p.data.dataset,
-         "dataset_digest": data["digest"], "concurrency": p.benchmark.concurrency, "trials": n_trials}, ctx.tags)
+         "profile": p.profile, "seed": p.seed, "seeds": p.benchmark.seeds, "dense_mode": p.benchmark.dense,
+         "model": p.model.name, "dataset": p.data.dataset, "dataset_digest": data["digest"],
+         "concurrency": p.benchmark.concurrency, "trials": n_trials,
+         **{f"recipe.{k}": v for k, v in recipe(ctx).items()}}, ctx.tags)
     ctx.tracker.log_dataset(parent, p.data.dataset, data["digest"], data["path"], {"dataset_version": data["digest"]})
     return parent
 
@@ -103,9 +105,24 @@ def summarize(ctx: SweepContext, sweep: str, records: list[TrialRecord]) -> dict
     return {"experiment_id": ctx.experiment_id, "experiment_name": ctx.experiment_name,
             "parent_run_id": ctx.parent_run_id, "tracking_uri": ctx.tracking_uri, "sweep_key": sweep,
             "dataset": p.data.dataset, "model": p.model.name, "data_version": ctx.data["digest"],
-            "git_rev": ctx.tags["git_rev"], "acc_dense": ctx.dense_eval["acc"], "dense": dict(ctx.dense_eval),
+            "git_rev": ctx.tags["git_rev"], "acc_dense": acc_dense(ctx), "dense": dict(ctx.dense_eval),
+            "dense_by_seed": {str(s): b["dense_eval"] for s, b in ctx.seed_baselines.items()},
             "speedups": p.benchmark.speedups, "scopes": p.benchmark.scopes, "methods": p.benchmark.methods,
+            "seeds": p.benchmark.seeds, "dense_mode": p.benchmark.dense, "recipe": recipe(ctx),
             "trials": [r.to_dict() for r in records]}
+
+
+def acc_dense(ctx: SweepContext) -> float:
+    """The dense accuracy: the shared baseline's, or the mean over the seeds' baselines."""
+    if not ctx.seed_baselines:
+        return ctx.dense_eval["acc"]
+    accs = [b["dense_eval"]["acc"] for b in ctx.seed_baselines.values()]
+    return sum(accs) / len(accs)
+
+
+def recipe(ctx: SweepContext) -> dict:
+    """The sweep's recipe card, with the dense accuracy it reports."""
+    return {**ctx.recipe, "acc_dense": round(acc_dense(ctx), 2)}
 
 
 def run_trials(ctx: SweepContext, trials: list[Trial]) -> list[TrialRecord]:
@@ -124,7 +141,8 @@ def run_trials(ctx: SweepContext, trials: list[Trial]) -> list[TrialRecord]:
         try:
             records.extend(fut.result())
         except Exception as e:  # the worker itself died
-            records.extend(TrialRecord.failed(t.method, t.scope, t.speedup, f"{type(e).__name__}: {e}") for t in ts)
+            records.extend(TrialRecord.failed(t.method, t.scope, t.speedup, f"{type(e).__name__}: {e}", t.seed)
+                           for t in ts)
     return records
 
 
@@ -136,11 +154,12 @@ def finish_parent(ctx: SweepContext, summary: dict, results_path: str, records: 
                                  "trials_failed": failed, "trials_cached": sum(r.cached for r in records)})
     tracker.log_artifact(parent, results_path, "reports")
     # the leaderboard of this invocation's trials only (a later `tune` adds rows to reports/, never to this run)
+    board = leaderboard.build(summary)
     with tempfile.TemporaryDirectory() as tmp:
-        for path in leaderboard.write_reports(summary, Path(tmp)).values():
+        for path in leaderboard.write_reports(summary, Path(tmp), board).values():
             if Path(path).is_file():
                 tracker.log_artifact(parent, path, "leaderboard")
-        tracker.log_metrics(parent, leaderboard.flat_metrics(summary, leaderboard.build(summary)))
+    tracker.log_metrics(parent, leaderboard.flat_metrics(board))
     try:
         register_best_models(ctx, records)
     except Exception as e:  # the results stand without the registry; say why

@@ -215,6 +215,20 @@ def prune(
 
 
 # --------------------------------------------------------------------------- the orchestrated workflow
+def parse_seeds(values: List[str]) -> list[int]:
+    """``--seeds 0,1,2`` (or repeated): integers >= 0, each once, at least one."""
+    items = _split_list(values) or []
+    try:
+        seeds = [int(v) for v in items]
+    except ValueError:
+        fail(f"--seeds takes integers, e.g. 0,1,2; got {','.join(items)}")
+    if not seeds:
+        fail("--seeds needs at least one seed")
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        fail(f"--seeds takes distinct integers >= 0; got {','.join(items)}")
+    return seeds
+
+
 def _split_list(values: Optional[List[str]]) -> Optional[list]:
     if not values:
         return None
@@ -283,6 +297,8 @@ def benchmark(
                                                  help="MACs speedup targets, e.g. 2,4"),
     scopes: Optional[List[str]] = typer.Option(None, "--scope", "--scopes", show_default=default_from("benchmark.scopes"),
                                                help="local | global | protected | isomorphic"),
+    seeds: Optional[List[str]] = typer.Option(None, "--seeds", show_default=default_from("benchmark.seeds"),
+                                              help="a trial per seed, e.g. 0,1,2 (finished seeds are reused)"),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", show_default=default_from("benchmark.concurrency"),
                                               help="methods run side by side (threads)"),
     dask: Optional[str] = typer.Option(None, "--dask", show_default=default_from("benchmark.dask_address"),
@@ -306,6 +322,8 @@ def benchmark(
             fail(f"--speedups takes numbers, got {speedups}")
     if scopes:
         bench["scopes"] = _split_list(scopes)
+    if seeds:
+        bench["seeds"] = parse_seeds(seeds)
     if concurrency is not None:
         bench["concurrency"] = concurrency
     if dask:
@@ -321,9 +339,8 @@ def benchmark(
     from .tracking import tracking_uri
     stages.preflight(params)
     summary = run_flow(run_benchmark, tracking_uri(params.tracking.mlflow_uri), params)
-    if write_leaderboard:
-        leaderboard_flow()
-    lb.print_table(summary)
+    board = leaderboard_flow() if write_leaderboard else None
+    lb.print_table(summary, board)
     failed = [t for t in summary["trials"] if t.get("status") != "ok"]
     if failed:
         typer.echo(f"{len(failed)} of {len(summary['trials'])} trial(s) failed (see the leaderboard and MLflow)",
@@ -455,16 +472,21 @@ def serve(
 @guarded
 def leaderboard(results: Path = typer.Option(Path("reports/benchmark.json"), "--results",
                                              help="the benchmark summary to aggregate"),
-                out: Path = typer.Option(Path("reports"), "--out", help="folder for the reports")):
+                out: Path = typer.Option(Path("reports"), "--out", help="folder for the reports"),
+                seeds: Optional[List[str]] = typer.Option(None, "--seeds",
+                                                          help="only these seeds' trials, e.g. 0,1")):
     """Aggregate the benchmark into reports/ (CSV, Markdown, PNG, DVC metrics and plots), MLflow and Prefect."""
-    start_server()
     if not results.is_file():
         fail(f"{results} does not exist; run `prunebench benchmark` first")
     from . import leaderboard as lb
     from .report import leaderboard_flow
     summary = lb.load_summary(results)
-    rows = run_flow(leaderboard_flow, summary.get("tracking_uri"), str(results), str(out))
-    lb.print_table(summary, rows)
+    chosen = parse_seeds(seeds) if seeds else None
+    if chosen is not None:
+        lb.seed_subset(summary, chosen, results)  # refused before anything is written
+    start_server()
+    board = run_flow(leaderboard_flow, summary.get("tracking_uri"), str(results), str(out), chosen)
+    lb.print_table(board.summary, board)
 
 
 @app.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from pruning.data import DATASETS, is_known_dataset
 from pruning.errors import PruneBenchError, one_line
@@ -24,6 +24,7 @@ class DataParams(_Section):
     root: str = "data/raw"
     download: bool = False
     prepared_dir: str = "data"
+    input_size: Optional[int] = Field(None, ge=4)  # None: the dataset's own (digits 8, CIFAR 32, imagefolder 32)
     batch_size: int = Field(64, ge=1)
 
     @field_validator("dataset")
@@ -56,7 +57,7 @@ class ModelParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(2, ge=0)
+    epochs: int = Field(10, ge=0)
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
@@ -86,6 +87,8 @@ class EvaluateParams(_Section):
     latency_repeats: int = Field(20, ge=1)
 
 
+DENSE_MODES = ("shared", "per_seed")
+
 # PruningBench's method set: the built-in default, equal to params.yaml's (a profile's value is judged against it)
 ALL_METHODS = ["random", "l1", "l2", "fpgm", "lamp", "bnscale", "taylor", "hessian", "obdc", "hrank", "thinet", "cp",
                "bnscale+bnscale_reg", "bnscale+group_lasso", "l2+group_norm", "l2+growing_reg", "l2+group_lasso"]
@@ -95,6 +98,10 @@ class BenchmarkParams(_Section):
     methods: List[str] = Field(default_factory=lambda: list(ALL_METHODS), min_length=1)
     speedups: List[float] = Field(default_factory=lambda: [2.0, 4.0], min_length=1)
     scopes: List[str] = Field(default_factory=lambda: ["protected"], min_length=1)
+    # a trial per seed: it drives data order, augmentation, calibration batches, the random criterion, sparse
+    # training and finetuning (and the dense pretraining when `dense` is per_seed)
+    seeds: List[StrictInt] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    dense: str = "shared"                   # shared: one dense baseline (seed: ...) for every seed | per_seed
     concurrency: int = Field(1, ge=1)       # trials (grouped by method) run at once
     dask_address: Optional[str] = None      # spread trials with prefect-dask: "local" or a scheduler address
 
@@ -112,6 +119,16 @@ class BenchmarkParams(_Section):
     @classmethod
     def known_scopes(cls, v):
         return [_scope(s) for s in v]
+
+    @field_validator("seeds")
+    @classmethod
+    def distinct_seeds(cls, v):
+        return _seeds(v)
+
+    @field_validator("dense")
+    @classmethod
+    def known_dense(cls, v):
+        return _choice("dense", v, DENSE_MODES)
 
 
 class TuneParams(_Section):
@@ -215,7 +232,7 @@ class Params(_Section):
     seed: int = 0
     data: DataParams = Field(default_factory=DataParams)
     model: ModelParams = Field(default_factory=ModelParams)
-    pretrain: TrainParams = Field(default_factory=lambda: TrainParams(epochs=12, lr=0.1))
+    pretrain: TrainParams = Field(default_factory=lambda: TrainParams(epochs=20, lr=0.1))
     sparsify: SparsifyParams = Field(default_factory=SparsifyParams)
     prune: PruneParams = Field(default_factory=PruneParams)
     finetune: TrainParams = Field(default_factory=TrainParams)
@@ -242,6 +259,17 @@ def _speedups(v: list) -> list:
             check_prune_args(speedup)  # the library's own rule
         except PruneBenchError as e:
             raise ValueError(str(e)) from None
+    return v
+
+
+def _seeds(v: list) -> list:
+    """Seeds as given: integers >= 0 (numpy's and torch's generators take no negative seed), each once."""
+    bad = [s for s in v if s < 0]
+    if bad:
+        raise ValueError(f"seeds must be integers >= 0, got {bad[0]}")
+    repeated = sorted({s for s in v if v.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seed {repeated[0]} is listed twice")
     return v
 
 
@@ -368,7 +396,7 @@ def _lookup(tree, dotted: str):
 # What each DVC stage's command reads, after the profile is applied: `prunebench params` writes it to
 # params/<stage>.json, the stage runs on that file alone, and DVC reruns a stage only when its file changes.
 STAGE_PARAMS = {
-    "prepare": {"data": {"dataset", "root", "download", "prepared_dir"}},
+    "prepare": {"data": {"dataset", "root", "download", "prepared_dir", "input_size"}},
     "pretrain": {"seed": True, "data": True, "model": True, "pretrain": True},
     # not `tracking`: where results are logged is no input of the results (the command reads it from params.yaml)
     "benchmark": {"seed": True, "data": True, "model": True, "pretrain": True,  # pretrain: is dense.pt current?

@@ -19,7 +19,7 @@ from .layout import prepared_dir
 _DIGESTS: dict = {}
 
 # The flows modules whose code decides what a trial computes and records (beside the whole ``pruning`` package).
-RESULT_MODULES = ("stages.py", "record.py")
+RESULT_MODULES = ("stages.py", "record.py", "stats.py")
 
 
 def make_key(*parts) -> str:
@@ -89,8 +89,10 @@ def code_version() -> str:
 
 def baseline_key(params: Params) -> str:
     """What the dense baseline depends on: model, data, pretraining recipe, seed, starting weights."""
+    from pruning.data import input_size_of
     parts = {"model": params.model.model_dump(), "data": params.data.dataset, "pretrain": params.pretrain.model_dump(),
-             "seed": params.seed, "version": 1}
+             "input_size": input_size_of(params.data.dataset, params.data.input_size), "seed": params.seed,
+             "version": 2}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 

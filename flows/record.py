@@ -11,11 +11,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
+from .stats import bootstrap_interval
+
+TRIAL_RESAMPLES = 2000  # a trial's bootstrap (about 80 ms); its ends move by about one image between resampling seeds
+
 # The metrics every classification trial logs to MLflow (besides the derived leaderboard columns).
 METRICS = ("acc_dense", "acc_pruned", "acc_finetuned", "macs_dense", "macs_pruned", "params_dense",
            "params_pruned", "speedup", "latency_speedup", "seconds_sparsify", "seconds_prune", "seconds_finetune",
            "seconds_evaluate", "seconds_total", "seconds_calibrate", "latency_dense_b1", "latency_pruned_b1",
-           "steps_taken", "calibration_samples", "protect", "finetune_epochs")
+           "acc_finetuned_lo", "acc_finetuned_hi", "steps_taken", "calibration_samples", "protect", "finetune_epochs")
 DETECTION = ("map50_95_dense", "map50_dense", "map50_95_pruned", "map50_pruned", "map50_95_finetuned",
              "map50_finetuned", "imgsz", "seconds_per_step")
 
@@ -26,6 +30,7 @@ class TrialRecord:
     method: str
     scope: str
     speedup_target: Optional[float]
+    seed: Optional[int] = None                # the trial's seed (data order, criterion draws, training)
     status: str = "ok"
     error: Optional[str] = None
     task: str = "classify"                    # or "detect" (YOLO): mAP fields instead of accuracies
@@ -45,6 +50,9 @@ class TrialRecord:
     acc_dense: Optional[float] = None
     acc_pruned: Optional[float] = None
     acc_finetuned: Optional[float] = None
+    acc_finetuned_lo: Optional[float] = None  # 95% bootstrap interval of acc_finetuned over the test images
+    acc_finetuned_hi: Optional[float] = None
+    test_correct: Optional[str] = None        # per test image, in the split's order: 1 right, 0 wrong
     finetune_epochs: int = 0
     # CPU latency (seconds per batch) and its speedups beside the MACs speedup
     latency_dense_b1: Optional[float] = None
@@ -76,25 +84,30 @@ class TrialRecord:
     run_id: Optional[str] = None
     cached: bool = False
     seconds_wall: Optional[float] = None
+    recipe: dict = field(default_factory=dict)  # the recipe card (see flows.stages.recipe_card)
     extra: dict = field(default_factory=dict)  # a tuned trial's allocation and study, a detection dataset, ...
 
     # ------------------------------------------------------------------ built from the steps
     @classmethod
     def from_steps(cls, method: str, scope: str, speedup_target: Optional[float], prune: dict, final: dict,
                    dense: dict, latency_batch: int, finetune: Optional[dict] = None, sparsify: Optional[dict] = None,
-                   finetune_epochs: int = 0, **extra) -> "TrialRecord":
+                   finetune_epochs: int = 0, seed: Optional[int] = None, recipe: Optional[dict] = None,
+                   **extra) -> "TrialRecord":
         """A classification trial from its steps' outputs: ``prune`` (the prune stage: :meth:`PruneReport.summary`
         plus ``acc_pruned``), ``final`` and ``dense`` (evaluations of the finetuned and dense models),
         ``finetune`` and ``sparsify`` (their stages' results, absent when the step did not run)."""
         finetune, sparsify = finetune or {}, sparsify or {}
+        correct = final.get("correct")
+        lo, hi = bootstrap_interval([c == "1" for c in correct], n_resamples=TRIAL_RESAMPLES) if correct \
+            else (None, None)
         key = f"latency_b{latency_batch}"
         seconds = {"seconds_sparsify": sparsify.get("seconds_sparsify", 0.0),
                    "seconds_prune": prune["seconds_prune"], "seconds_finetune": finetune.get("seconds_finetune", 0.0),
                    "seconds_evaluate": final["seconds_evaluate"]}
         return cls(
-            method=method, scope=scope, speedup_target=speedup_target, **_report_fields(prune),
-            acc_dense=dense["acc"], acc_pruned=prune["acc_pruned"], acc_finetuned=final["acc"],
-            finetune_epochs=finetune_epochs, latency_dense_b1=dense["latency_b1"],
+            method=method, scope=scope, speedup_target=speedup_target, seed=seed, **_report_fields(prune),
+            acc_dense=dense["acc"], acc_pruned=prune["acc_pruned"], acc_finetuned=final["acc"], acc_finetuned_lo=lo,
+            acc_finetuned_hi=hi, test_correct=correct, finetune_epochs=finetune_epochs, recipe=dict(recipe or {}), latency_dense_b1=dense["latency_b1"],
             latency_pruned_b1=final["latency_b1"], latency_speedup=dense["latency_b1"] / final["latency_b1"],
             latency_batch=latency_batch, latency_speedup_batch=dense[key] / final[key],
             seconds_calibrate=prune.get("seconds_calibrate", 0.0), **seconds,
@@ -120,8 +133,9 @@ class TrialRecord:
             extra=extra)
 
     @classmethod
-    def failed(cls, method: str, scope: str, speedup_target: Optional[float], error: str) -> "TrialRecord":
-        return cls(method=method, scope=scope, speedup_target=speedup_target, status="failed", error=error)
+    def failed(cls, method: str, scope: str, speedup_target: Optional[float], error: str,
+               seed: Optional[int] = None) -> "TrialRecord":
+        return cls(method=method, scope=scope, speedup_target=speedup_target, seed=seed, status="failed", error=error)
 
     # ------------------------------------------------------------------ as data
     def to_dict(self) -> dict:

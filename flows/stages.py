@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import pruning
 from pruning import fileio
-from pruning.data import DataBundle
+from pruning.data import DataBundle, input_size_of
 from pruning.train import Recipe
 
 from .config import Params
@@ -29,16 +29,29 @@ def prepared_path(params: Params) -> Path:
 
 def prepare(params: Params) -> Path:
     """Materialise the dataset into ``data/<name>/`` (the DVC-versioned form every later stage reads)."""
-    bundle = pruning.load_data(params.data.dataset, params.data.root, params.data.download)
+    d = params.data
+    bundle = pruning.load_data(d.dataset, d.root, d.download, d.input_size)
     return pruning.materialize(bundle, prepared_path(params))
 
 
+def is_prepared(params: Params) -> bool:
+    """Whether ``data/<name>/`` holds the dataset at the input size these params ask for."""
+    meta = prepared_path(params) / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        size = fileio.read_json(meta).get("input_size")
+    except (OSError, ValueError, AttributeError):
+        return False  # a corrupt copy is prepared again
+    return size == input_size_of(params.data.dataset, params.data.input_size)
+
+
 def load_bundle(params: Params) -> DataBundle:
-    """The prepared copy when there is one, else the dataset straight from its source."""
-    prepared = prepared_path(params)
-    if (prepared / "meta.json").is_file():
-        return pruning.load_data(str(prepared))
-    return pruning.load_data(params.data.dataset, params.data.root, params.data.download)
+    """The prepared copy when it fits the params, else the dataset straight from its source."""
+    if is_prepared(params):
+        return pruning.load_data(str(prepared_path(params)))
+    d = params.data
+    return pruning.load_data(d.dataset, d.root, d.download, d.input_size)
 
 
 def loaders(params: Params, bundle: DataBundle, augment: bool = True):
@@ -46,6 +59,30 @@ def loaders(params: Params, bundle: DataBundle, augment: bool = True):
     return (bundle.loader("train", batch, shuffle=True, augment=augment and bundle.spec.input_size >= 16,
                           seed=params.seed),
             bundle.loader("val", 256), bundle.loader("test", 256))
+
+
+def augments(params: Params) -> bool:
+    """Training batches are augmented (random crop and flip) at 16 pixels and up; an 8x8 digit has no room."""
+    return input_size_of(params.data.dataset, params.data.input_size) >= 16
+
+
+def recipe_card(params: Params, acc_dense: Optional[float] = None) -> dict:
+    """Everything a result depends on besides the method, flat: carried by every trial record, printed in the
+    leaderboard's header and held by the MLflow parent run as ``recipe.*`` params."""
+    r, b, d = Recipe(epochs=0, lr=0), params.benchmark, params.data
+    schedule = f"multistep x{r.gamma:g} at " + ", ".join(f"{m:.0%}" for m in r.milestones) + " of the epochs"
+    return {
+        "model": params.model.name, "dataset": d.dataset, "input_size": input_size_of(d.dataset, d.input_size),
+        "batch_size": d.batch_size, "augmentation": "random crop + flip" if augments(params) else "none",
+        "optimizer": f"SGD momentum {params.finetune.momentum:g}", "lr_schedule": schedule,
+        "pretrain": f"{params.pretrain.epochs} epochs, lr {params.pretrain.lr:g}, wd {params.pretrain.weight_decay:g}",
+        "sparsify": f"{params.sparsify.epochs} epochs, lr {params.sparsify.lr:g}, reg {params.sparsify.reg:g}, no wd",
+        "finetune": f"{params.finetune.epochs} epochs, lr {params.finetune.lr:g}, wd {params.finetune.weight_decay:g}",
+        "prune": f"{params.prune.steps} steps, protect {params.prune.protect:g}",
+        "calibration_size": params.prune.calibration_batches * d.batch_size,
+        "seeds": ",".join(str(s) for s in b.seeds), "dense": f"{b.dense} (seed {params.seed})" if b.dense == "shared"
+        else "per seed", "acc_dense": None if acc_dense is None else round(acc_dense, 2),
+    }
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -218,7 +255,8 @@ def run_trial(params: Params, method: str, speedup: float, scope: str, dense: Pa
     tuned = finetune_or_copy(params, work_dir / "pruned.pt", Path(out), epochs, on_epoch)
     final = {**evaluate_stage(params, Path(out)), "checkpoint": str(out)}
     record = TrialRecord.from_steps(method, scope, speedup, pruned, final, dense_metrics,
-                                    params.evaluate.latency_batch, tuned, sparse, epochs)
+                                    params.evaluate.latency_batch, tuned, sparse, epochs, seed=params.seed,
+                                    recipe=recipe_card(params, dense_metrics["acc"]))
     record.seconds_wall = time.perf_counter() - start
     return record
 

@@ -14,6 +14,7 @@ from .config import Params
 from .engine import flow_run_id
 from .keys import code_version, data_version, dense_eval_key, file_digest, baseline_key
 from .layout import DENSE_PATH, TRIALS_DIR, dataset_slug, dense_eval_path, prepared_dir
+from .stages import is_prepared, recipe_card
 from .tasks import evaluate_dense_task, prepare_task, pretrain_task
 from .tracking import Tracker, experiment_name, source_tags, tracker_for, tracking_uri
 
@@ -32,6 +33,7 @@ class SweepContext:
     tags: dict = field(default_factory=dict)
     parent_run_id: Optional[str] = None   # set once the invocation has work to do
     dense_eval: Optional[dict] = None     # the dense model's evaluation, once measured
+    seed_baselines: dict = field(default_factory=dict)  # benchmark.dense per_seed: seed -> its dense baseline
 
     @property
     def tracker(self) -> Tracker:
@@ -39,6 +41,34 @@ class SweepContext:
 
     def with_parent(self, parent_run_id: Optional[str]) -> "SweepContext":
         return dataclasses.replace(self, parent_run_id=parent_run_id)
+
+    @property
+    def recipe(self) -> dict:
+        """The recipe card every record of this context carries (needs the dense evaluation)."""
+        return recipe_card(self.params, self.dense_eval["acc"] if self.dense_eval else None)
+
+    def for_seed(self, seed: int) -> "SweepContext":
+        """The context a trial of ``seed`` runs in: params whose ``seed`` is the trial's, and with
+        ``benchmark.dense: per_seed`` the dense baseline pretrained with that seed (see :meth:`with_seed_baselines`)."""
+        params = self.params.model_copy(update={"seed": seed})
+        own = self.seed_baselines.get(seed)
+        if own is None:
+            return dataclasses.replace(self, params=params)
+        return dataclasses.replace(self, params=params, **own)
+
+    def with_seed_baselines(self, seeds: list) -> "SweepContext":
+        """With ``benchmark.dense: per_seed``, a dense baseline per seed (pretrained on first use, cached by its
+        key) and its evaluation; with ``shared``, this context as it is."""
+        if self.params.benchmark.dense != "per_seed":
+            return self
+        baselines = {}
+        for seed in seeds:
+            params = self.params.model_copy(update={"seed": seed})
+            dense = Path(self.dense) if seed == self.params.seed else Path(pretrain_task(params, None))
+            own = dataclasses.replace(self, params=params, dense=str(dense), dense_hash=file_digest(dense),
+                                      dense_eval=None).evaluated()
+            baselines[seed] = {"dense": own.dense, "dense_hash": own.dense_hash, "dense_eval": own.dense_eval}
+        return dataclasses.replace(self, seed_baselines=baselines)
 
     def evaluated(self) -> "SweepContext":
         """This context with the dense model's evaluation (measured once per dense model, data and settings)."""
@@ -55,7 +85,7 @@ def uri_of(params: Optional[Params]) -> str:
 
 def ensure_prepared(params: Params) -> Path:
     path = prepared_dir(params.data.prepared_dir, params.data.dataset)
-    if not (path / "meta.json").is_file():
+    if not is_prepared(params):
         prepare_task(params)
     return path
 

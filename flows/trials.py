@@ -31,18 +31,22 @@ class Trial:
     method: str
     speedup: float
     scope: str
+    seed: int = 0
 
     @property
     def name(self) -> str:
-        return f"{self.method}@{self.speedup:g}x/{self.scope}"
+        return f"{self.method}@{self.speedup:g}x/{self.scope}/s{self.seed}"
 
     def key(self, ctx: SweepContext) -> str:
+        """``ctx`` is the seed's context (:meth:`SweepContext.for_seed`): its params carry the seed."""
         return trial_key(ctx.params, self.method, self.speedup, self.scope, ctx.dense_hash, ctx.data["content"])
 
 
 def trials_of(params: Params) -> list[Trial]:
+    """Every (method, scope, seed, speedup) of the benchmark section, a method's trials together."""
     b = params.benchmark
-    return [Trial(m, float(s), sc) for m in b.methods for sc in b.scopes for s in b.speedups]
+    return [Trial(m, float(s), sc, seed) for m in b.methods for sc in b.scopes for seed in b.seeds
+            for s in b.speedups]
 
 
 def sparsified(ctx: SweepContext, method: str) -> dict:
@@ -78,13 +82,16 @@ def compute(ctx: SweepContext, trial: Trial, work: Path) -> TrialRecord:
     ft = finetune_task(p, trial.name, pr["checkpoint"], str(work))
     ev = evaluate_task(p, trial.name, ft["checkpoint"], str(work))
     record = TrialRecord.from_steps(trial.method, trial.scope, trial.speedup, pr, ev, ctx.dense_eval,
-                                    p.evaluate.latency_batch, ft, sp, p.finetune.epochs)
+                                    p.evaluate.latency_batch, ft, sp, p.finetune.epochs, seed=trial.seed,
+                                    recipe=ctx.recipe)
     record.seconds_wall = time.perf_counter() - start
     return record
 
 
 def run_trial(ctx: SweepContext, trial: Trial) -> TrialRecord:
-    """One trial, resumable, tracked as one MLflow child run of ``ctx.parent_run_id``; errors are recorded."""
+    """One trial, resumable, tracked as one MLflow child run of ``ctx.parent_run_id``; errors are recorded.
+    ``ctx`` is the sweep's context; the trial runs in its seed's (:meth:`SweepContext.for_seed`)."""
+    ctx = ctx.for_seed(trial.seed)
     key = trial.key(ctx)
     work = trial_dir(ctx.trials_dir, key)
     result_file = work / "result.json"
@@ -116,7 +123,7 @@ def run_trial(ctx: SweepContext, trial: Trial) -> TrialRecord:
     except Exception as e:  # one failing trial is recorded, the sweep goes on
         error = f"{type(e).__name__}: {e}"
         tracker.fail(run_id, error)
-        record = TrialRecord.failed(trial.method, trial.scope, trial.speedup, error)
+        record = TrialRecord.failed(trial.method, trial.scope, trial.speedup, error, trial.seed)
     except BaseException:
         tracker.finish(run_id, "KILLED")
         raise

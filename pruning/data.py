@@ -100,21 +100,29 @@ def is_known_dataset(name: str) -> bool:
             or name.endswith((".yaml", ".yml")))
 
 
+def input_size_of(name: str, input_size: Optional[int] = None) -> int:
+    """The side of the square images ``load_data(name, input_size=...)`` gives: ``input_size``, else the dataset's
+    own (digits' native 8, CIFAR's 32; ImageFolder images are resized to 32)."""
+    return input_size or (DIGITS_NATIVE_SIZE if name == "digits" else 32)
+
+
 def load_data(name: str, root: str | os.PathLike = "data", download: bool = False,
               input_size: Optional[int] = None) -> DataBundle:
     """Load a dataset by name, or a prepared folder (written by :func:`materialize`) by path.
 
     ``root`` is where CIFAR lives (torchvision layout); it is read only, unless ``download`` is set.
+    ``input_size`` resizes the images (see :func:`input_size_of` for each dataset's default).
     """
     prepared = Path(name)
     if (prepared / "meta.json").is_file():
         return _load_prepared(prepared)
+    size = input_size_of(name, input_size)
     if name == "digits":
-        return _digits(input_size or 32)
+        return _digits(size)
     if name in ("cifar10", "cifar100"):
-        return _cifar(name, Path(root), download, input_size or 32)
+        return _cifar(name, Path(root), download, size)
     if name.startswith("imagefolder:"):
-        return _imagefolder(Path(name.split(":", 1)[1]), input_size or 32)
+        return _imagefolder(Path(name.split(":", 1)[1]), size)
     raise unknown_choice("dataset", name, DATASETS)
 
 
@@ -160,6 +168,11 @@ def _rmtree(path: Path):
 
 
 # --------------------------------------------------------------------------- sources
+DIGITS_NATIVE_SIZE = 8
+# train / val / test: a 30% test split (539 digits images) keeps one image at 0.19 points of accuracy, so a 95%
+# interval on a ~98% accuracy is about +-1.2 points rather than +-2 with 15%
+SPLIT_FRACTIONS = (0.55, 0.15, 0.30)
+
 def _to_uint8_chw(images: torch.Tensor, size: int, channels: int = 3) -> np.ndarray:
     """float images N x C x h x w in [0, 1] -> uint8 N x channels x size x size (grey is repeated)."""
     if images.shape[-1] != size or images.shape[-2] != size:
@@ -169,7 +182,7 @@ def _to_uint8_chw(images: torch.Tensor, size: int, channels: int = 3) -> np.ndar
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
-def _stratified_split(labels: np.ndarray, fractions=(0.7, 0.15, 0.15), seed: int = 0):
+def _stratified_split(labels: np.ndarray, fractions=SPLIT_FRACTIONS, seed: int = 0):
     """Index arrays for train/val/test, stratified by label, fixed by ``seed``."""
     from sklearn.model_selection import train_test_split
     idx = np.arange(len(labels))
@@ -180,7 +193,8 @@ def _stratified_split(labels: np.ndarray, fractions=(0.7, 0.15, 0.15), seed: int
 
 
 def _digits(size: int) -> DataBundle:
-    """scikit-learn's bundled handwritten digits (1797 real 8x8 scans), resized, with a fixed stratified split."""
+    """scikit-learn's bundled handwritten digits (1797 real 8x8 scans) at ``size`` (native 8: nothing interpolated),
+    with a fixed stratified split."""
     from sklearn.datasets import load_digits
     raw = load_digits()
     images = torch.tensor(raw.images, dtype=torch.float32).unsqueeze(1) / 16.0

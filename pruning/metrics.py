@@ -40,14 +40,23 @@ def measure_latency(model: nn.Module, inputs: torch.Tensor, repeats: int = 20, w
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, loader: Iterable) -> float:
-    """Top-1 accuracy in percent."""
-    correct = total = 0
+def correct_predictions(model: nn.Module, loader: Iterable) -> torch.Tensor:
+    """One bool per sample, in the loader's order: was the top-1 prediction right?  (What intervals over test
+    images and comparisons paired on the same images are computed from.)"""
+    hits = []
     with eval_mode(model):
         for x, y in loader:
-            correct += (model(x).argmax(1) == y).sum().item()
-            total += len(y)
-    return 100.0 * correct / max(total, 1)
+            hits.append(model(x).argmax(1) == y)
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+def accuracy(model: nn.Module, loader: Iterable) -> float:
+    """Top-1 accuracy in percent."""
+    return percent_correct(correct_predictions(model, loader))
+
+
+def percent_correct(hits: torch.Tensor) -> float:
+    return 100.0 * hits.sum().item() / max(len(hits), 1)
 
 
 def channel_table(model: nn.Module, reference: dict | None = None) -> list[dict]:

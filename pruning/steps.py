@@ -16,7 +16,8 @@ from .errors import PruneBenchError, unknown_choice
 from .family import FAMILY_OPTIONS, family_options
 from .heads import classifier_layers
 from .methods import SPARSIFIER, get_method, resolve
-from .metrics import accuracy, channel_table, count_macs_params, layer_widths, measure_latency
+from .metrics import (channel_table, correct_predictions, count_macs_params, layer_widths, measure_latency,
+                      percent_correct)
 from .modes import eval_mode
 from .tp_adapter import channel_groups, is_attention_group, module_names
 from .train import Recipe, train
@@ -134,12 +135,17 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
     seconds_calibrate = time.perf_counter() - start
     achieved, macs = 1.0, macs_dense
     goal = math.inf if speedup is None else speedup
+    unchecked = 0  # steps left before MACs are counted again
     while achieved < goal and pruner.current_step < steps:
         _protected_step(pruner, protect)
         if family.after_step:
             family.after_step(pruner)
-        macs, _ = count_macs_params(model, example_inputs)
+        if unchecked > 0:
+            unchecked -= 1
+            continue
+        before, (macs, _) = macs, count_macs_params(model, example_inputs)
         achieved = macs_dense / macs
+        unchecked = _steps_surely_short(macs, before, macs_dense / goal)
     if hasattr(importance, "finish"):  # e.g. CP's optional least-squares refit of the next layers
         importance.finish(model)
     seconds = time.perf_counter() - start
@@ -159,6 +165,18 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
         steps_taken=pruner.current_step, max_steps=steps, calibration_samples=samples,
         seconds_calibrate=seconds_calibrate, seconds_prune=seconds, warnings=notes,
         channels=channel_table(model, dense_widths), pruning_history=history)
+
+
+def _steps_surely_short(macs: float, previous: float, target: float) -> int:
+    """How many more steps can go uncounted while the MACs surely stay above ``target`` (counting deep-copies the
+    model and costs more than a step).  A step removes a share of channels and MACs fall about with the square of
+    the widths, so a step usually removes fewer MACs than the one before: extrapolating the last drop reaches the
+    target early.  A quarter of that guess is the margin for criteria whose choices move between layers (LAMP);
+    the steps near the target are all counted, so pruning stops where counting every step would stop it."""
+    drop = previous - macs
+    if drop <= 0 or not math.isfinite(target):
+        return 0
+    return max(0, int(0.25 * (macs - target) / drop) - 1)
 
 
 def _protected_step(pruner: tp.pruner.BasePruner, protect: float) -> None:
@@ -256,9 +274,13 @@ def finetune(model: nn.Module, train_loader, recipe: Recipe, val_loader=None, on
 
 def evaluate(model: nn.Module, loader, example_inputs: torch.Tensor, latency_batch: int = 32,
              repeats: int = 20) -> dict:
-    """Top-1 accuracy, MACs, params, and median CPU latency at batch 1 and ``latency_batch``."""
+    """Top-1 accuracy, MACs, params, and median CPU latency at batch 1 and ``latency_batch``; ``correct`` is the
+    per-sample outcome in the loader's order as a string of ``0``/``1`` (compact in JSON)."""
     macs, params = count_macs_params(model, example_inputs)
     batch = example_inputs.expand(latency_batch, *example_inputs.shape[1:]).contiguous()
-    return {"acc": accuracy(model, loader) if loader is not None else None, "macs": macs, "params": params,
+    hits = correct_predictions(model, loader) if loader is not None else None
+    return {"acc": percent_correct(hits) if hits is not None else None,
+            "correct": "".join("1" if h else "0" for h in hits.tolist()) if hits is not None else None,
+            "macs": macs, "params": params,
             "latency_b1": measure_latency(model, example_inputs, repeats),
             f"latency_b{latency_batch}": measure_latency(model, batch, max(3, repeats // 4))}

@@ -13,7 +13,7 @@ quiet_environment()  # the commands' own defaults, for the libraries the tests d
 @pytest.fixture(scope="session")
 def digits():
     import pruning
-    return pruning.load_data("digits")
+    return pruning.load_data("digits", input_size=32)  # the size the unit tests' models are built for
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -170,40 +169,3 @@ def test_invalid_params_exit_2_listing_every_problem_before_any_flow(tmp_path):
     # no flow ran: nothing tracked, nothing written
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "reports").exists()
     assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
-
-
-def test_leaderboard_ranks_methods_and_measures_rank_consistency(tmp_path):
-    from flows import leaderboard as lb
-
-    def trial(method, s, acc, status="ok"):
-        t = {"method": method, "scope": "protected", "speedup_target": s, "status": status}
-        if status == "ok":
-            t.update(speedup=s + 0.01, acc_dense=90.0, acc_pruned=acc - 20, acc_finetuned=acc, latency_speedup=1.5,
-                     params_dense=100, params_pruned=100 / s, macs_dense=1000, macs_pruned=1000 / s,
-                     seconds_prune=0.5, seconds_sparsify=3.0 if "+" in method else 0.0, seconds_finetune=2.0,
-                     seconds_total=6.0)
-        else:
-            t["error"] = "RuntimeError: boom"
-        return t
-    summary = {"model": "resnet20", "dataset": "digits", "acc_dense": 90.0, "scopes": ["protected"],
-               "trials": [trial("l2", 2, 85), trial("l2", 4, 80), trial("taylor", 2, 87), trial("taylor", 4, 82),
-                          trial("random", 2, 70), trial("random", 4, 60), trial("l2+group_norm", 2, 0, "failed"),
-                          trial("l2+group_norm", 4, 75)]}
-    rows = lb.build(summary)
-    # a failed trial ranks last at its speedup: l2+group_norm (failed at 2x) falls behind random
-    assert [r["method"] for r in rows] == ["taylor", "l2", "random", "l2+group_norm"]
-    tau = lb.rank_consistency(summary)
-    assert tau["pairs"]["protected:2x-4x"] == pytest.approx(1.0)
-    files = lb.write_reports(summary, tmp_path / "reports")
-    md = Path(files["md"]).read_text()
-    assert "| 1 | taylor |" in md and "87.00 (-3.00)" in md and "failed" in md and "RuntimeError: boom" in md
-    metrics = json.loads(Path(files["metrics"]).read_text())
-    assert metrics["trials_failed"] == 1 and metrics["taylor"]["x4"]["acc_finetuned"] == 82
-    assert metrics["l2+group_norm"]["x2"] == {"failed": 1} and metrics["l2+group_norm"]["x4"]["failed"] == 0
-    numbers = lambda d: all(numbers(v) if isinstance(v, dict) else isinstance(v, (int, float)) for v in d.values())
-    assert numbers(metrics)  # DVC metrics: numbers only
-    plot = (tmp_path / "reports/plots.csv").read_text().splitlines()
-    assert plot[0].startswith("method,") and len(plot) == 1 + 7  # one row per finished trial
-    assert sorted({line.split(",")[0] for line in plot[1:]}) == ["l2", "l2+group_norm", "random", "taylor"]
-    for png in (files["png"], files["rank_png"]):
-        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png

@@ -43,14 +43,15 @@ def final_task(s: Study, allocation: dict, protect: float, steps: int, epochs: i
                                progress.on_epoch(f"final finetune {s.method}", epochs))
     ev = {**stages.evaluate_stage(p, work / "finetuned.pt"), "checkpoint": str(work / "finetuned.pt")}
     return TrialRecord.from_steps(s.method, TUNED, s.speedup, pr, ev, dense_eval, p.evaluate.latency_batch, ft,
-                                  None, epochs, allocation=allocation, kept=pr["kept_by_group"], steps=steps, **extra)
+                                  None, epochs, seed=p.seed, recipe=stages.recipe_card(p, dense_eval["acc"]),
+                                  allocation=allocation, kept=pr["kept_by_group"], steps=steps, **extra)
 
 
 def untuned(s: Study) -> tuple[TrialRecord, SweepContext]:
     """The benchmark's own trial at this speedup (scope from params.yaml), cached when the benchmark ran it, and
     the context it ran in (with the dense model's evaluation)."""
     ctx = s.sweep.with_parent(s.parent_run_id).evaluated()
-    return run_trial(ctx, Trial(s.method, float(s.speedup), s.params.prune.scope)), ctx
+    return run_trial(ctx, Trial(s.method, float(s.speedup), s.params.prune.scope, s.params.seed)), ctx
 
 
 def compare_with_untuned(s: Study, best) -> dict:
