@@ -26,6 +26,7 @@ class Reporter:
 
 
 _CURRENT: Reporter = Reporter()
+IN_WORKER = False  # a trial worker process (benchmark.concurrency > 1): its own lines, counted per task
 
 
 def current() -> Reporter:

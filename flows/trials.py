@@ -8,6 +8,7 @@ reason) and the sweep goes on.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,8 @@ def run_trial(ctx: SweepContext, trial: Trial) -> TrialRecord:
 @task(name="method-trials", task_run_name="trials[{method}]", **TASK)
 def method_trials_task(ctx: SweepContext, method: str, trials: list) -> list:
     """All trials of one method in order (they share its sparse training): the unit spread over workers."""
+    if progress.IN_WORKER:
+        progress.current().sweep_start(len(trials), f"{method} (worker {os.getpid()})")
     return [run_trial(ctx, t) for t in trials]
 
 
