@@ -14,11 +14,10 @@ from torch import nn
 
 from .errors import PruneBenchError, unknown_choice
 from .family import FAMILY_OPTIONS, family_options
-from .heads import classifier_layers
+from .heads import ignored_layers as _ignored, num_classes as _num_classes
 from .methods import SPARSIFIER, get_method, resolve
 from .metrics import (channel_table, correct_predictions, count_macs_params, layer_widths, measure_latency,
                       percent_correct)
-from .modes import eval_mode
 from .tp_adapter import channel_groups, is_attention_group, module_names
 from .train import Recipe, train
 
@@ -55,13 +54,18 @@ class PruneReport:
 # --------------------------------------------------------------------------- sparsify
 def sparsify(model: nn.Module, example_inputs: torch.Tensor, sparsifier: str, train_loader, recipe: Recipe,
              criterion: str = "l2", val_loader=None, ignored_layers=None, on_epoch=None, **options) -> list[dict]:
-    """Sparse training in place with the named regulariser (weight decay off, as in Torch-Pruning's recipe)."""
+    """Sparse training in place with the named regulariser (weight decay off, as in Torch-Pruning's recipe).
+
+    ``options`` go to the sparsifier's builder (``reg``, ``delta_reg``); one given as None takes the sparsifier's
+    own default (see ``get_method(sparsifier).defaults()``): the strengths that suit an L1 on BatchNorm scales and
+    a group norm differ by orders of magnitude.
+    """
     method = get_method(sparsifier)
     if method.stage != SPARSIFIER:
         raise PruneBenchError(f"{sparsifier!r} is not a sparsifier")
     _check_bn(model, method.name, method.needs_bn)
     num_classes = _num_classes(model, example_inputs)
-    spec = method.build(**options)
+    spec = method.build(**{k: v for k, v in options.items() if v is not None})
     importance = get_method(criterion).build(num_classes=num_classes)
     pruner = spec.make_pruner(model, example_inputs, importance,
                               ignored_layers=_ignored(model, num_classes, ignored_layers))
@@ -249,16 +253,6 @@ def _check_own_modules(model: nn.Module, ratio_dict: Optional[dict]) -> None:
 def _plain_history(history) -> list:
     """Torch-Pruning's history as plain lists of str/bool/int (storable without pickled objects)."""
     return [[str(name), bool(is_out), [int(i) for i in idxs]] for name, is_out, idxs in history]
-
-
-def _num_classes(model: nn.Module, example_inputs: torch.Tensor) -> int:
-    with eval_mode(model), torch.no_grad():
-        out = model(example_inputs)
-    return int(out.shape[-1])
-
-
-def _ignored(model, num_classes, extra) -> list:
-    return classifier_layers(model, num_classes) + list(extra or [])
 
 
 def _check_bn(model: nn.Module, name: str, needs_bn: bool) -> None:

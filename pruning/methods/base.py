@@ -1,6 +1,7 @@
 """Registry machinery shared by every method module."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
@@ -23,6 +24,11 @@ class Method:
     def build(self, **options):
         """Build the Torch-Pruning ``Importance`` (criterion) or ``Sparsifier`` (sparsifier)."""
         return self.builder(**options)
+
+    def defaults(self) -> dict:
+        """The builder's keyword options and their defaults (a sparsifier's own ``reg``, say)."""
+        return {k: p.default for k, p in inspect.signature(self.builder).parameters.items()
+                if p.default is not inspect.Parameter.empty}
 
     def describe(self) -> dict:
         return {"name": self.name, "stage": self.stage, "needs_data": self.needs_data,
