@@ -1,8 +1,9 @@
 """Orchestration cost, measured: Prefect + MLflow + file hand-offs against the same stage functions in a bare loop,
-and the wall time and peak memory of `dvc repro` on the embedded default.
+and the wall time and peak memory of `make bench` and `dvc repro` on the embedded default.
 
     .venv/bin/python benchmarks/orchestration_overhead.py overhead   # per-trial overhead and fixed start
-    .venv/bin/python benchmarks/orchestration_overhead.py repro      # full `dvc repro` (all methods, 2x and 4x)
+    .venv/bin/python benchmarks/orchestration_overhead.py bench      # `make bench`: all methods x 2x, 4x x seeds
+    .venv/bin/python benchmarks/orchestration_overhead.py repro      # full `dvc repro` (the same, through DVC)
 
 Each part runs in a fresh temporary copy of the project (tests/helpers.make_project: its own git + DVC repo, Prefect
 home and MLflow store).
@@ -111,9 +112,41 @@ def repro() -> dict:
                 "leaderboard": (proj / "reports/leaderboard.md").read_text()}
 
 
+def bench() -> dict:
+    """What `make bench` runs (`prunebench benchmark` on params.yaml's defaults) in a fresh copy of the project:
+    wall time, peak memory, and the evidence the issue asks of the run itself."""
+    with tempfile.TemporaryDirectory(prefix="pb-bench-") as tmp:
+        proj, env = make_project(Path(tmp), profile=None)
+        wall, mem, _ = timed([str(BIN / "prunebench"), "benchmark"], proj, env)
+        metrics = json.loads((proj / "reports/metrics.json").read_text())
+        summary = json.loads((proj / "reports/benchmark.json").read_text())
+        return {"wall_s": round(wall, 1), "peak_rss_gb": round(mem, 2), "trials": metrics["trials"],
+                "trials_failed": metrics["trials_failed"], "acc_dense": metrics["acc_dense"],
+                "kendall": {k: v for k, v in metrics.items() if k.startswith("kendall")},
+                "friedman": {k: v for k, v in metrics.items() if k.startswith(("friedman", "nemenyi"))},
+                "pairings_vs_criteria": allocations_differ(proj, summary), "load_avg": os.getloadavg(),
+                "leaderboard": (proj / "reports/leaderboard.md").read_text()}
+
+
+def allocations_differ(proj: Path, summary: dict) -> dict:
+    """Per pairing (criterion+sparsifier), speedup and seed: how many layers keep another width than under the
+    criterion alone (0 would mean sparse training changed nothing that was pruned)."""
+    def widths(t):
+        rows = json.loads((proj / "models/trials" / t["trial_key"] / "channels.json").read_text())
+        return [r["channels"] for r in rows]
+    ok = {(t["method"], t["speedup_target"], t["seed"]): t for t in summary["trials"] if t["status"] == "ok"}
+    out = {}
+    for (method, speedup, seed), t in sorted(ok.items(), key=str):
+        alone = ok.get((method.split("+")[0], speedup, seed))
+        if "+" in method and alone:
+            differ = sum(a != b for a, b in zip(widths(t), widths(alone)))
+            out.setdefault(f"{method}@{speedup:g}x", []).append(differ)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["overhead", "repro", "all"])
+    ap.add_argument("what", choices=["overhead", "repro", "bench", "all"])
     ap.add_argument("--small", type=int, default=2)
     ap.add_argument("--large", type=int, default=5)
     ap.add_argument("--save", action="store_true", help="write benchmarks/results/orchestration_<what>.json")
@@ -126,6 +159,10 @@ def main():
         out["repro"] = repro()
         print(json.dumps({k: v for k, v in out["repro"].items() if k != "leaderboard"}, indent=1))
         print(out["repro"]["leaderboard"])
+    if args.what == "bench":
+        out["bench"] = bench()
+        print(json.dumps({k: v for k, v in out["bench"].items() if k != "leaderboard"}, indent=1))
+        print(out["bench"]["leaderboard"])
     if args.save:
         path = ROOT / "benchmarks/results" / f"orchestration_{args.what}.json"
         path.parent.mkdir(exist_ok=True)

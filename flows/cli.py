@@ -300,7 +300,7 @@ def benchmark(
     seeds: Optional[List[str]] = typer.Option(None, "--seeds", show_default=default_from("benchmark.seeds"),
                                               help="a trial per seed, e.g. 0,1,2 (finished seeds are reused)"),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", show_default=default_from("benchmark.concurrency"),
-                                              help="methods run side by side (threads)"),
+                                              help="methods run side by side (worker processes)"),
     dask: Optional[str] = typer.Option(None, "--dask", show_default=default_from("benchmark.dask_address"),
                                        help="run trials on Dask: 'local' or a scheduler address"),
     tracking_from: Optional[Path] = typer.Option(None, "--tracking-from",

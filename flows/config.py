@@ -64,10 +64,10 @@ class TrainParams(_Section):
 
 
 class SparsifyParams(_Section):
-    epochs: int = Field(2, ge=0)
+    epochs: int = Field(5, ge=0)
     lr: float = Field(0.01, gt=0)
-    reg: float = Field(5e-4, ge=0)
-    delta_reg: float = Field(1e-4, ge=0)
+    reg: Optional[float] = Field(None, ge=0)        # None: each sparsifier's own default strength
+    delta_reg: Optional[float] = Field(None, ge=0)  # growing_reg's increase per epoch; None: its default
 
 
 class PruneParams(_Section):
@@ -102,7 +102,7 @@ class BenchmarkParams(_Section):
     # training and finetuning (and the dense pretraining when `dense` is per_seed)
     seeds: List[StrictInt] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     dense: str = "shared"                   # shared: one dense baseline (seed: ...) for every seed | per_seed
-    concurrency: int = Field(1, ge=1)       # trials (grouped by method) run at once
+    concurrency: int = Field(2, ge=1)       # worker processes, each running a method's trials
     dask_address: Optional[str] = None      # spread trials with prefect-dask: "local" or a scheduler address
 
     @field_validator("methods")

@@ -69,6 +69,7 @@ class TrialRecord:
     seconds_total: float = 0.0
     sparsify_history: list = field(default_factory=list)
     finetune_history: list = field(default_factory=list)
+    sparsity: dict = field(default_factory=dict)  # how sparse training moved the group norms (pruning.sparsity)
     checkpoint: Optional[str] = None
     # detection (task "detect")
     map50_95_dense: Optional[float] = None
@@ -112,6 +113,7 @@ class TrialRecord:
             latency_batch=latency_batch, latency_speedup_batch=dense[key] / final[key],
             seconds_calibrate=prune.get("seconds_calibrate", 0.0), **seconds,
             seconds_total=sum(seconds.values()), sparsify_history=sparsify.get("sparsify_history", []),
+            sparsity=dict(sparsify.get("sparsity") or {}),
             finetune_history=finetune.get("finetune_history", []), checkpoint=final.get("checkpoint"), extra=extra)
 
     @classmethod
@@ -174,7 +176,7 @@ class TrialRecord:
         if self.latency_speedup_batch is not None:
             out[f"latency_speedup_b{self.latency_batch}"] = self.latency_speedup_batch
         out["target_reached"] = float(bool(self.target_reached))
-        return {**out, **self.derived()}
+        return {**out, **self.derived(), **{k: float(v) for k, v in self.sparsity.items()}}
 
 
 REPORT_FIELDS = ("speedup", "target_reached", "macs_dense", "macs_pruned", "params_dense", "params_pruned",

@@ -76,7 +76,8 @@ def recipe_card(params: Params, acc_dense: Optional[float] = None) -> dict:
         "batch_size": d.batch_size, "augmentation": "random crop + flip" if augments(params) else "none",
         "optimizer": f"SGD momentum {params.finetune.momentum:g}", "lr_schedule": schedule,
         "pretrain": f"{params.pretrain.epochs} epochs, lr {params.pretrain.lr:g}, wd {params.pretrain.weight_decay:g}",
-        "sparsify": f"{params.sparsify.epochs} epochs, lr {params.sparsify.lr:g}, reg {params.sparsify.reg:g}, no wd",
+        "sparsify": f"{params.sparsify.epochs} epochs, lr {params.sparsify.lr:g}, reg "
+                    + ("per sparsifier" if params.sparsify.reg is None else f"{params.sparsify.reg:g}") + ", no wd",
         "finetune": f"{params.finetune.epochs} epochs, lr {params.finetune.lr:g}, wd {params.finetune.weight_decay:g}",
         "prune": f"{params.prune.steps} steps, protect {params.prune.protect:g}",
         "calibration_size": params.prune.calibration_batches * d.batch_size,
@@ -136,17 +137,24 @@ def sparsify_stage(params: Params, method: str, dense: Path, out: Path, on_epoch
     bundle = load_bundle(params)
     model, _ = _load(Path(dense), params, bundle)
     start = time.perf_counter()
-    history = []
+    history, moved = [], {}
     if pair.sparsifier is not None:
+        from pruning import sparsity
         pruning.seed_everything(params.seed)
         train_loader, val_loader, _ = loaders(params, bundle)
-        sp = params.sparsify
-        history = pruning.sparsify(model, bundle.spec.example_inputs(), pair.sparsifier.name, train_loader,
+        sp, example = params.sparsify, bundle.spec.example_inputs()
+        kinds = sparsity.penalised(pair.sparsifier.name)  # the figures follow what this penalty shrinks
+        before = sparsity.group_norms(model, example, kinds)
+        history = pruning.sparsify(model, example, pair.sparsifier.name, train_loader,
                                    Recipe(epochs=sp.epochs, lr=sp.lr), criterion=pair.criterion.name,
                                    val_loader=val_loader, on_epoch=on_epoch, reg=sp.reg, delta_reg=sp.delta_reg)
+        after = sparsity.group_norms(model, example, kinds)
+        moved = sparsity.sparsity_summary(before, after)
+        from .sparsity_plot import sparsity_plot
+        sparsity_plot(before, after, Path(out).with_name("sparsity.png"), title=method)
     seconds = time.perf_counter() - start
     _save(Path(out), model, params, bundle)
-    return {"seconds_sparsify": seconds, "sparsify_history": history}
+    return {"seconds_sparsify": seconds, "sparsify_history": history, "sparsity": moved}
 
 
 def prune_stage(params: Params, method: str, speedup: Optional[float], scope: str, source: Path, out: Path,

@@ -50,10 +50,14 @@ def trials_of(params: Params) -> list[Trial]:
             for s in b.speedups]
 
 
+def sparse_work(ctx: SweepContext, method: str) -> Path:
+    """The folder of the method's sparse training for this context's seed, named by its own key."""
+    return sparse_dir(ctx.trials_dir, sparse_key(ctx.params, method, ctx.dense_hash, ctx.data["content"]))
+
+
 def sparsified(ctx: SweepContext, method: str) -> dict:
     """The method's sparse-trained checkpoint, cached by its own key (shared by its speedups and tuning trials)."""
-    work = sparse_dir(ctx.trials_dir, sparse_key(ctx.params, method, ctx.dense_hash, ctx.data["content"]))
-    return sparsify_task(ctx.params, method, ctx.dense, str(work))
+    return sparsify_task(ctx.params, method, ctx.dense, str(sparse_work(ctx, method)))
 
 
 def trial_params(ctx: SweepContext, trial: Trial, key: str) -> dict:
@@ -119,7 +123,7 @@ def run_trial(ctx: SweepContext, trial: Trial) -> TrialRecord:
             record = compute(ctx, trial, work)
             record.trial_key = key
             fileio.write_json(result_file, record.to_dict())
-        tracker.log_record(run_id, record, artifacts(work, record))
+        tracker.log_record(run_id, record, artifacts(work, record, sparse_work(ctx, trial.method) / "sparse.pt"))
         tracker.finish(run_id)
     except Exception as e:  # one failing trial is recorded, the sweep goes on
         error = f"{type(e).__name__}: {e}"
@@ -141,9 +145,12 @@ def method_trials_task(ctx: SweepContext, method: str, trials: list) -> list:
     return [run_trial(ctx, t) for t in trials]
 
 
-def artifacts(work: Path, record: TrialRecord) -> list[tuple[Path, str]]:
-    """A trial's files for its MLflow run: the channel tables and a plot."""
+def artifacts(work: Path, record: TrialRecord, sparse: Optional[Path] = None) -> list[tuple[Path, str]]:
+    """A trial's files for its MLflow run: the channel tables, a plot, and the group-norm histogram of its sparse
+    training (beside the sparse checkpoint, shared by the method's trials of one seed)."""
     files = [(work / "channels.csv", "channels"), (work / "channels.json", "channels")]
+    if sparse is not None:
+        files.append((sparse.with_name("sparsity.png"), "plots"))
     plot = trial_plot(work, record)
     return files + ([(plot, "plots")] if plot else [])
 
