@@ -35,7 +35,7 @@ PAPER_RATIO_TO_L2 = {"hrank": 2100, "hessian": 400, "cp": 165}  # PruningBench, 
 
 def calibration_batches(n_batches: int = 4, batch_size: int = 64, dataset: str = "digits") -> list:
     """The first ``n_batches`` batches of the training split (digits images are 32x32x3, CIFAR's shape)."""
-    bundle = pruning.load_data(dataset)
+    bundle = pruning.load_data(dataset, input_size=32)
     return list(islice(iter(bundle.loader("train", batch_size)), n_batches))
 
 

@@ -41,7 +41,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    bundle = pruning.load_data("digits")
+    bundle = pruning.load_data("digits", input_size=32)  # the size these figures were measured at
     spec = bundle.spec
     train_loader = bundle.loader("train", 64, shuffle=True, augment=True)
     test_loader = bundle.loader("test", 256)

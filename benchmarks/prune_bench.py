@@ -24,7 +24,7 @@ CRITERIA = ["random", "l1", "l2", "fpgm", "lamp", "bnscale", "taylor", "hessian"
 
 def workload(model_name: str):
     if model_name == "resnet20":
-        bundle = pruning.load_data("digits")
+        bundle = pruning.load_data("digits", input_size=32)  # the size these figures were measured at
         return 10, bundle.spec.example_inputs(), bundle.loader("train", 64, shuffle=True)
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 100, (64,), generator=g)) for _ in range(4)]

@@ -163,6 +163,8 @@ def methods(as_json: bool = typer.Option(False, "--json", help="print JSON")):
 def prune(
     model: Optional[str] = model_option(),
     dataset: Optional[str] = dataset_option(),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=4, show_default=default_from("data.input_size"),
+                                             help="image side in pixels (default: the dataset's own; digits 8)"),
     method: str = typer.Option(..., "--method", help="a criterion, or criterion+sparsifier (see `prunebench methods`)"),
     speedup: float = typer.Option(..., "--speedup", help="target dense MACs / pruned MACs (> 1)"),
     scope: Optional[str] = typer.Option(None, "--scope", show_default=default_from("prune.scope"),
@@ -176,7 +178,7 @@ def prune(
     profile: Optional[str] = PROFILE,
 ):
     """Prune one model to a MACs speedup target and report accuracy, MACs, params and latency."""
-    overrides = {"data": {k: v for k, v in {"dataset": dataset}.items() if v},
+    overrides = {"data": {k: v for k, v in {"dataset": dataset, "input_size": input_size}.items() if v},
                  "model": {k: v for k, v in {"name": model}.items() if v},
                  "prune": {k: v for k, v in {"scope": scope}.items() if v}}
     params = load(params_file, profile, overrides)

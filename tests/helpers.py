@@ -14,13 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+ONE_SEED_ONE_PROCESS = {"seeds": [0], "concurrency": 1}
+
+
 def make_project(tmp: Path, quick: dict | None = None, *, merge: bool = False,
                  profile: str | None = "quick") -> tuple[Path, dict]:
     """A copy of the project as its own git + DVC repo in ``tmp/proj``, and the environment to run commands in it.
 
     Tests and benchmarks (``benchmarks/*.py`` import it as ``tests.helpers``) build their throwaway projects here.
     ``quick`` replaces params.yaml's ``profiles.quick`` (``merge=True``: only the sections it names; None: kept as
-    is); ``profile`` becomes params.yaml's active profile (None: params.yaml's own, the full default chain).
+    is); a replacing profile runs one seed in one process unless its benchmark section says otherwise; ``profile`` becomes params.yaml's active profile (None: params.yaml's own, the full default chain).
     The environment: this interpreter's bin first on PATH, the copy on PYTHONPATH, its own PREFECT_HOME, a git
     identity, no analytics, OMP_WAIT_POLICY as prunebench's commands default it, and no outside MLflow store or
     Prefect server.
@@ -31,6 +34,8 @@ def make_project(tmp: Path, quick: dict | None = None, *, merge: bool = False,
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "dvc.yaml", ".dvcignore", ".gitignore", "params.yaml"):
         shutil.copy(ROOT / name, proj / name)
+    if quick is not None and not merge:  # one seed in one process, unless the caller asks for more
+        quick = {**quick, "benchmark": {**ONE_SEED_ONE_PROCESS, **quick.get("benchmark", {})}}
     if quick is not None or profile is not None:
         params = yaml.safe_load((proj / "params.yaml").read_text())
         if quick is not None:

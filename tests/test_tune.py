@@ -70,10 +70,10 @@ def test_tuned_trials_join_the_leaderboard_beside_the_untuned_ones_unranked():
                "speedups": [4.0], "trials": [trial("l2", "protected", 80.0), trial("taylor", "protected", 82.0)]}
     tuned = {"a": {**trial("l2", "tuned", 90.0), "model": "resnet20", "dataset": "digits"},
              "b": {**trial("l2", "tuned", 99.0), "model": "vgg19", "dataset": "digits"}}  # another model: left out
-    rows = lb.build(lb.with_tuned(summary, tuned))
+    rows = lb.build(lb.with_tuned(summary, tuned)).rows
     assert [(r["method"], r["scope"], r["rank"]) for r in rows] == [
-        ("taylor", "protected", 1), ("l2", "protected", 2), ("l2", "tuned", "-")]
-    assert rows[2]["by_speedup"][4.0]["acc_finetuned"] == 90.0
+        ("taylor", "protected", "1.0"), ("l2", "protected", "2.0"), ("l2", "tuned", "-")]
+    assert rows[2]["by_speedup"][4.0]["acc_mean"] == 90.0
 
 
 def _study_trials(db):

@@ -37,7 +37,7 @@ def test_dvc_repro_runs_the_whole_chain_into_mlflow_and_reports(tmp_path):
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.png", "rank_consistency.png", "metrics.json",
                  "plots.csv"):
         assert (proj / "reports" / name).is_file(), name
-    assert "| 1 |" in (proj / "reports/leaderboard.md").read_text()
+    assert "| 1.0 |" in (proj / "reports/leaderboard.md").read_text()
     assert (proj / "data/digits/meta.json").is_file() and (proj / "models/dense.pt").is_file()
     lock = yaml.safe_load((proj / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"params", "prepare", "pretrain", "benchmark", "leaderboard"}
@@ -83,6 +83,16 @@ def test_dvc_repro_runs_the_whole_chain_into_mlflow_and_reports(tmp_path):
     # nothing to do on a second repro
     again = subprocess.run([str(BIN / "dvc"), "status"], cwd=proj, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "up to date" in again.stdout.lower(), again.stdout + again.stderr
+    # a second seed: seed 0's trials are reused as they are, seed 1's computed, the leaderboard has both
+    more = subprocess.run([str(BIN / "prunebench"), "benchmark", "--seeds", "0,1"], cwd=proj, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert more.stderr.count("[cached]") == 2 and "/s1: acc" in more.stderr, more.stderr[-3000:]
+    trials = json.loads((proj / "reports/benchmark.json").read_text())["trials"]
+    assert sorted((t["method"], t["seed"], t["cached"]) for t in trials) == [
+        ("l2", 0, True), ("l2", 1, False), ("l2+group_norm", 0, True), ("l2+group_norm", 1, False)]
+    assert first["trial_key"] in {t["trial_key"] for t in trials}
+    assert "mean over 2 seed(s)" in (proj / "reports/leaderboard.md").read_text()
 
 
 @pytest.mark.slow
