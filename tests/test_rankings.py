@@ -138,3 +138,26 @@ def test_bad_seeds_are_one_line_exit_2_and_write_nothing(cli, tmp_path, summary,
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_trial_runs_in_its_seeds_context_and_its_key_ignores_the_other_seeds():
+    from flows.config import Params
+    from flows.sweep import SweepContext
+    from flows.trials import Trial, trials_of
+
+    def context(seeds, dense="shared"):
+        params = Params.model_validate({"benchmark": {"methods": ["l2"], "speedups": [2], "seeds": seeds,
+                                                      "dense": dense}})
+        return SweepContext(params, "dense.pt", "hash0", {"content": "data"}, "1", "exp", "sqlite://", "trials")
+    assert [t.seed for t in trials_of(context([0, 1]).params)] == [0, 1]
+    shared = context([0, 1])
+    key = Trial("l2", 2.0, "protected", 1).key(shared.for_seed(1))
+    assert key == Trial("l2", 2.0, "protected", 1).key(context([0, 1, 2]).for_seed(1))  # adding seed 2 reuses it
+    assert key != Trial("l2", 2.0, "protected", 0).key(shared.for_seed(0))
+    assert shared.for_seed(1).params.seed == 1 and shared.for_seed(1).dense == "dense.pt"
+    own = {"dense": "dense-1.pt", "dense_hash": "hash1", "dense_eval": {"acc": 97.0}}
+    per_seed = context([0, 1], "per_seed")
+    per_seed.seed_baselines = {1: own}
+    one = per_seed.for_seed(1)
+    assert (one.dense, one.dense_hash, one.dense_eval, one.params.seed) == ("dense-1.pt", "hash1", {"acc": 97.0}, 1)
+    assert Trial("l2", 2.0, "protected", 1).key(one) != key  # its own dense baseline: its own trial
