@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from pruning.data import DATASETS, is_known_dataset
 from pruning.errors import PruneBenchError, one_line
@@ -89,6 +89,17 @@ class EvaluateParams(_Section):
 
 DENSE_MODES = ("shared", "per_seed")
 
+
+def _seeds(v: list) -> list:
+    """Seeds as given: integers >= 0 (numpy's and torch's generators take no negative seed), each once."""
+    bad = [s for s in v if s < 0]
+    if bad:
+        raise ValueError(f"seeds must be integers >= 0, got {bad[0]}")
+    repeated = sorted({s for s in v if v.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seed {repeated[0]} is listed twice")
+    return v
+
 # PruningBench's method set: the built-in default, equal to params.yaml's (a profile's value is judged against it)
 ALL_METHODS = ["random", "l1", "l2", "fpgm", "lamp", "bnscale", "taylor", "hessian", "obdc", "hrank", "thinet", "cp",
                "bnscale+bnscale_reg", "bnscale+group_lasso", "l2+group_norm", "l2+growing_reg", "l2+group_lasso"]
@@ -100,8 +111,10 @@ class BenchmarkParams(_Section):
     scopes: List[str] = Field(default_factory=lambda: ["protected"], min_length=1)
     # a trial per seed: it drives data order, augmentation, calibration batches, the random criterion, sparse
     # training and finetuning (and the dense pretraining when `dense` is per_seed)
-    seeds: List[StrictInt] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    dense: str = "shared"                   # shared: one dense baseline (seed: ...) for every seed | per_seed
+    seeds: Annotated[List[StrictInt], AfterValidator(_seeds)] = Field(default_factory=lambda: [0, 1, 2],
+                                                                         min_length=1)
+    # shared: one dense baseline (the top-level seed) for every seed | per_seed
+    dense: Annotated[str, AfterValidator(lambda v: _choice("dense", v, DENSE_MODES))] = "shared"
     concurrency: int = Field(2, ge=1)       # worker processes, each running a method's trials
     dask_address: Optional[str] = None      # spread trials with prefect-dask: "local" or a scheduler address
 
@@ -119,16 +132,6 @@ class BenchmarkParams(_Section):
     @classmethod
     def known_scopes(cls, v):
         return [_scope(s) for s in v]
-
-    @field_validator("seeds")
-    @classmethod
-    def distinct_seeds(cls, v):
-        return _seeds(v)
-
-    @field_validator("dense")
-    @classmethod
-    def known_dense(cls, v):
-        return _choice("dense", v, DENSE_MODES)
 
 
 class TuneParams(_Section):
@@ -259,17 +262,6 @@ def _speedups(v: list) -> list:
             check_prune_args(speedup)  # the library's own rule
         except PruneBenchError as e:
             raise ValueError(str(e)) from None
-    return v
-
-
-def _seeds(v: list) -> list:
-    """Seeds as given: integers >= 0 (numpy's and torch's generators take no negative seed), each once."""
-    bad = [s for s in v if s < 0]
-    if bad:
-        raise ValueError(f"seeds must be integers >= 0, got {bad[0]}")
-    repeated = sorted({s for s in v if v.count(s) > 1})
-    if repeated:
-        raise ValueError(f"seed {repeated[0]} is listed twice")
     return v
 
 
