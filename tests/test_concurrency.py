@@ -1,7 +1,7 @@
 """A trial's result depends on its key alone: not on other trials running beside it on threads.
 
-`prunebench benchmark --concurrency N` runs trials on threads of one process, which share torch's global random
-state; every random draw of a trial (augmentation, the ``random`` criterion, shuffling) therefore comes from the
+Trials can share a process (Dask workers with several threads, the library used from threads; `--concurrency N`
+gives each worker process its own), and threads share torch's global random state; every random draw of a trial (augmentation, the ``random`` criterion, shuffling) therefore comes from the
 trial's own generators, seeded by ``params.seed``.
 """
 from __future__ import annotations
