@@ -92,10 +92,10 @@ def test_each_benchmark_invocation_gets_its_own_parent_and_registers_its_best_mo
         assert version.run_id == owner.info.run_id
         info = mlflow.models.get_model_info(f"models:/{name}/{version.version}")
         assert info.signature is not None and tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) \
-            == (-1, 3, 32, 32)
+            == (-1, 3, 8, 8)  # digits at their native size
         logged = mlflow.pytorch.load_model(f"models:/{name}/{version.version}")
         checkpoint, _ = pruning.load_checkpoint(proj / trial["checkpoint"])
-        images = torch.randn(4, 3, 32, 32)
+        images = torch.randn(4, 3, 8, 8)
         with torch.no_grad():
             assert torch.allclose(logged.eval()(images), checkpoint.eval()(images), atol=1e-5)
 
