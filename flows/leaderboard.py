@@ -514,6 +514,12 @@ def _plots(board: Board, out: Path) -> dict:
     fig.tight_layout()
     files["png"] = _save_png(fig, out / "leaderboard.png")
     files["rank_png"] = _consistency_png(board, out / "rank_consistency.png")
+    if not board.friedman:  # DVC declares the file: say why there is no diagram rather than leave it missing
+        fig, ax = plt.subplots(figsize=(8, 1.6))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no critical-difference diagram: the Friedman test needs 3 or more methods that finished\n"
+                "in 2 or more (speedup, seed) blocks", ha="center", va="center")
+        files["cd_png"] = _save_png(fig, out / "critical_difference.png")
     for i, (scope, f) in enumerate(board.friedman.items()):
         name = "critical_difference.png" if i == 0 else f"critical_difference_{scope}.png"
         p = "-" if f["p"] is None else f"{f['p']:.2g}"

@@ -151,7 +151,7 @@ def test_profile_conflict_names_the_key_both_values_and_the_way_out(tmp_path):
     "benchmark: {speedups: [2, 4]}",          # the built-in default: the profile may replace it
     "benchmark: {speedups: [2]}",             # the same value as the profile's
     "benchmark: {methods: [l2]}",             # a key the profile does not set
-    "pretrain: {epochs: 12}",                 # the default again
+    "pretrain: {epochs: 20}",                 # the default again
 ])
 def test_values_a_profile_may_replace_without_a_word(tmp_path, top):
     path = _params(tmp_path, f"profile: quick\n{top}\nprofiles: {{quick: {{benchmark: {{speedups: [2]}}, "

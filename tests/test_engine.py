@@ -120,12 +120,15 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path):
 
 def test_digits_split_is_fixed_stratified_and_real(digits):
     sizes = {s: len(digits.splits[s][1]) for s in ("train", "val", "test")}
-    assert sum(sizes.values()) == 1797 and sizes["train"] > 1200
+    assert sizes == {"train": 988, "val": 269, "test": 540}  # 55/15/30 of 1797
     for split in ("train", "val", "test"):
         assert set(np.unique(digits.splits[split][1])) == set(range(10))
-    again = pruning.load_data("digits")
+    again = pruning.load_data("digits", input_size=32)
     assert np.array_equal(again.splits["test"][0], digits.splits["test"][0])
     assert digits.splits["train"][0].shape[1:] == (3, 32, 32)
+    native = pruning.load_data("digits")  # the default: the scans' own 8x8, nothing interpolated
+    assert native.spec.input_size == 8 and native.splits["train"][0].shape[1:] == (3, 8, 8)
+    assert np.array_equal(native.splits["test"][1], digits.splits["test"][1])
 
 
 def test_materialized_data_reloads_identically(digits, tmp_path):

@@ -158,7 +158,9 @@ def _tune(proj, env, storage: str, trials: int):
 @pytest.mark.slow
 @pytest.mark.parametrize("storage", ["sqlite:///optuna.db", "journal:optuna.journal"])
 def test_two_workers_started_together_share_one_study(tmp_path, storage):
-    proj, env = make_project(tmp_path, TINY)
+    # 32x32 digits and 2 epochs: a trial takes long enough that the second worker has started before the first
+    # has run them all
+    proj, env = make_project(tmp_path, {**TINY, "data": {"input_size": 32}, "tune": {**TINY["tune"], "epochs": 2}})
     workers = [_tune(proj, env, storage, 4) for _ in range(2)]
     errors = [w.communicate(timeout=900)[1] for w in workers]
     for w, err in zip(workers, errors):

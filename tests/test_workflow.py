@@ -129,7 +129,8 @@ def test_a_killed_benchmark_resumes_without_rerunning_or_duplicating(tmp_path):
     assert {k: t["cached"] for k, t in trials.items()} == {k: k == first.parent.name for k in trials}
     reused = trials[first.parent.name]
     cached = [line for line in done.stderr.splitlines() if "[cached]" in line]
-    assert len(cached) == 1 and f"{reused['method']}@{reused['speedup_target']:g}x/{reused['scope']}: " in cached[0], \
+    name = f"{reused['method']}@{reused['speedup_target']:g}x/{reused['scope']}/s{reused['seed']}: "
+    assert len(cached) == 1 and name in cached[0], \
         done.stderr[-3000:]
 
     c, all_runs = runs(proj)
