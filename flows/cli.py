@@ -169,6 +169,15 @@ def prune(
     speedup: float = typer.Option(..., "--speedup", help="target dense MACs / pruned MACs (> 1)"),
     scope: Optional[str] = typer.Option(None, "--scope", show_default=default_from("prune.scope"),
                                         help="local | global | protected | isomorphic"),
+    model_kwargs: Optional[str] = typer.Option(None, "--model-kwargs", show_default=default_from("model.kwargs"),
+                                               help="to timm.create_model: patch_size=8,depth=6 or a JSON object"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", show_default=default_from("model.recipe"),
+                                         help="training recipe: auto (the model family's) or a name"),
+    recalibrate_bn: Optional[int] = typer.Option(None, "--recalibrate-bn", min=0,
+                                                 show_default=default_from("prune.recalibrate_bn"),
+                                                 help="training batches re-estimating BatchNorm statistics after pruning"),
+    distill: Optional[float] = typer.Option(None, "--distill", show_default=default_from("finetune.distill"),
+                                            help="weight of distillation from the dense model while finetuning, in [0, 1]"),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="dense checkpoint to prune (else a cached baseline)"),
     finetune_epochs: Optional[int] = typer.Option(None, "--finetune-epochs", min=0, show_default=default_from("finetune.epochs"),
                                                   help="finetuning epochs after pruning"),
@@ -179,8 +188,11 @@ def prune(
 ):
     """Prune one model to a MACs speedup target and report accuracy, MACs, params and latency."""
     overrides = {"data": {k: v for k, v in {"dataset": dataset, "input_size": input_size}.items() if v},
-                 "model": {k: v for k, v in {"name": model}.items() if v},
-                 "prune": {k: v for k, v in {"scope": scope}.items() if v}}
+                 "model": {k: v for k, v in {"name": model, "recipe": recipe,
+                                             "kwargs": parse_model_kwargs(model_kwargs)}.items() if v is not None},
+                 "prune": {k: v for k, v in {"scope": scope, "recalibrate_bn": recalibrate_bn}.items()
+                           if v is not None},
+                 "finetune": {"distill": distill} if distill is not None else {}}
     params = load(params_file, profile, overrides)
     import pruning
 
@@ -214,6 +226,29 @@ def prune(
         typer.echo(json.dumps(result, default=float))
     else:
         show_result(result)
+
+
+def parse_model_kwargs(text: Optional[str]) -> Optional[dict]:
+    """``--model-kwargs patch_size=8,depth=6`` (values read as YAML scalars) or a JSON object."""
+    if text is None:
+        return None
+    import yaml
+    text = text.strip()
+    try:
+        if text.startswith("{"):
+            value = json.loads(text)
+        else:
+            value = {}
+            for item in filter(None, (part.strip() for part in text.split(","))):
+                key, sep, raw = item.partition("=")
+                if not sep or not key.strip():
+                    raise ValueError(f"{item!r} is not key=value")
+                value[key.strip()] = yaml.safe_load(raw)
+    except (ValueError, yaml.YAMLError) as e:
+        fail(f"--model-kwargs takes key=value pairs (patch_size=8,depth=6) or a JSON object: {e}")
+    if not isinstance(value, dict):
+        fail("--model-kwargs takes key=value pairs or a JSON object")
+    return value
 
 
 # --------------------------------------------------------------------------- the orchestrated workflow

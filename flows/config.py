@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Any, Dict, List, Optional
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
-from pruning.data import DATASETS, is_known_dataset
+from pruning.data import DATASETS, input_size_of, is_known_dataset
 from pruning.errors import PruneBenchError, one_line
 from pruning.methods import resolve
-from pruning.models import is_known_model, list_models
+from pruning.models import create_model, is_known_model, list_models
+from pruning.recipes import FamilyRecipe, list_recipes, recipe_for
 from pruning.steps import SCOPES, check_prune_args
+from pruning.train import OPTIMIZERS, SCHEDULES, Recipe
 
 
 class _Section(BaseModel):
@@ -39,7 +42,16 @@ class DataParams(_Section):
 
 class ModelParams(_Section):
     name: str = "resnet20"
+    kwargs: Dict[str, Any] = Field(default_factory=dict)  # to the family's builder (timm.create_model)
+    recipe: str = "auto"                                   # auto: the model family's (pruning.recipes)
     checkpoint: Optional[str] = None
+
+    @field_validator("recipe")
+    @classmethod
+    def known_recipe(cls, v):
+        if v != "auto" and v not in list_recipes():
+            raise ValueError(f"unknown recipe {v!r}; choose one of: auto, {', '.join(list_recipes())}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -57,10 +69,36 @@ class ModelParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(10, ge=0)
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    """One training phase; a value left out (null) is the model family's recipe's (filled in on validation)."""
+    epochs: Optional[int] = Field(None, ge=0)
+    lr: Optional[float] = Field(None, gt=0)
+    optimizer: Optional[str] = None
+    momentum: Optional[float] = Field(None, ge=0, lt=1)
+    weight_decay: Optional[float] = Field(None, ge=0)
+    schedule: Optional[str] = None
+    warmup_epochs: Optional[int] = Field(None, ge=0)
+    label_smoothing: Optional[float] = Field(None, ge=0, lt=1)
+    clip_grad: Optional[float] = Field(None, gt=0)
+
+    @field_validator("optimizer")
+    @classmethod
+    def known_optimizer(cls, v):
+        return v if v is None else _choice("optimizer", v, OPTIMIZERS)
+
+    @field_validator("schedule")
+    @classmethod
+    def known_schedule(cls, v):
+        return v if v is None else _choice("schedule", v, SCHEDULES)
+
+    def recipe(self, epochs: Optional[int] = None) -> Recipe:
+        """This phase as a :class:`pruning.train.Recipe` (values resolved, ``epochs`` replaced when given)."""
+        fields = {k: getattr(self, k) for k in TrainParams.model_fields}
+        return Recipe(**{**fields, **({} if epochs is None else {"epochs": epochs})})
+
+
+class FinetuneParams(TrainParams):
+    distill: float = Field(0.0, ge=0, le=1)    # weight of distillation from the dense model (0: off, the paper's)
+    temperature: float = Field(4.0, gt=0)      # distillation temperature
 
 
 class SparsifyParams(_Section):
@@ -75,6 +113,7 @@ class PruneParams(_Section):
     protect: float = Field(0.1, ge=0, lt=1)
     steps: int = Field(100, ge=1)
     calibration_batches: int = Field(4, ge=1)
+    recalibrate_bn: int = Field(0, ge=0)  # training batches that re-estimate BatchNorm statistics after pruning
 
     @field_validator("scope")
     @classmethod
@@ -235,16 +274,42 @@ class Params(_Section):
     seed: int = 0
     data: DataParams = Field(default_factory=DataParams)
     model: ModelParams = Field(default_factory=ModelParams)
-    pretrain: TrainParams = Field(default_factory=lambda: TrainParams(epochs=20, lr=0.1))
+    pretrain: TrainParams = Field(default_factory=TrainParams)
     sparsify: SparsifyParams = Field(default_factory=SparsifyParams)
     prune: PruneParams = Field(default_factory=PruneParams)
-    finetune: TrainParams = Field(default_factory=TrainParams)
+    finetune: FinetuneParams = Field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     tune: TuneParams = Field(default_factory=TuneParams)
     schedules: ScheduleParams = Field(default_factory=ScheduleParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     profiles: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def resolve_recipe(self):
+        """Fill every training value left out with the model family's recipe, so the rest of the program (and every
+        key hashed from these params) sees the values that train."""
+        family = recipe_for(self.model.name, self.model.recipe)
+        for phase in ("pretrain", "finetune"):
+            section, base = getattr(self, phase), getattr(family, phase)
+            for name in TrainParams.model_fields:
+                if getattr(section, name) is None:
+                    setattr(section, name, getattr(base, name))
+        return self
+
+    @model_validator(mode="after")
+    def model_takes_kwargs(self):
+        """``model.kwargs`` the model does not take are refused before any work (the model is built once to see)."""
+        if self.model.kwargs:
+            size = input_size_of(self.data.dataset, self.data.input_size)
+            try:
+                create_model(self.model.name, 10, 3, size, **self.model.kwargs)
+            except PruneBenchError as e:
+                raise ValueError(str(e)) from None
+        return self
+
+    def family_recipe(self) -> FamilyRecipe:
+        return recipe_for(self.model.name, self.model.recipe)
 
 
 def _methods(names: list) -> list:
@@ -356,7 +421,8 @@ def refuse_conflicts(raw: dict, profile_values: dict, profile: str, path: Path) 
     defaults = Params().model_dump()
     for key, own, theirs in _overlaps(raw, profile_values):
         default = _lookup(defaults, key)
-        if default is not _MISSING and own != default and own != theirs:
+        # null is "the default" (a training value left to the recipe)
+        if default is not _MISSING and own is not None and own != default and own != theirs:
             raise PruneBenchError(
                 f"{path} sets {key}: {own!r} but profile {profile!r} sets {key}: {theirs!r}; keep one of them "
                 f"(set {key} in profiles.{profile}, or restore its default {default!r}, or run without the profile)")

@@ -12,7 +12,6 @@ from typing import Callable, Optional
 import pruning
 from pruning import fileio
 from pruning.data import DataBundle, input_size_of
-from pruning.train import Recipe
 
 from .config import Params
 from .keys import baseline_key
@@ -57,33 +56,46 @@ def load_bundle(params: Params) -> DataBundle:
 def loaders(params: Params, bundle: DataBundle, augment: bool = True):
     batch = params.data.batch_size
     return (bundle.loader("train", batch, shuffle=True, augment=augment and bundle.spec.input_size >= 16,
-                          seed=params.seed),
+                          seed=params.seed, flip=params.family_recipe().flip),
             bundle.loader("val", 256), bundle.loader("test", 256))
 
 
 def augments(params: Params) -> bool:
-    """Training batches are augmented (random crop and flip) at 16 pixels and up; an 8x8 digit has no room."""
+    """Training batches are augmented (random crop, and flips where the recipe has them) at 16 pixels and up; an
+    8x8 digit has no room."""
     return input_size_of(params.data.dataset, params.data.input_size) >= 16
+
+
+def augmentation(params: Params) -> str:
+    if not augments(params):
+        return "none"
+    return "random crop + flip" if params.family_recipe().flip else "random crop"
 
 
 def recipe_card(params: Params, acc_dense: Optional[float] = None) -> dict:
     """Everything a result depends on besides the method, flat: carried by every trial record, printed in the
     leaderboard's header and held by the MLflow parent run as ``recipe.*`` params."""
-    r, b, d = Recipe(epochs=0, lr=0), params.benchmark, params.data
-    schedule = f"multistep x{r.gamma:g} at " + ", ".join(f"{m:.0%}" for m in r.milestones) + " of the epochs"
+    b, d, ft = params.benchmark, params.data, params.finetune
     return {
-        "model": params.model.name, "dataset": d.dataset, "input_size": input_size_of(d.dataset, d.input_size),
-        "batch_size": d.batch_size, "augmentation": "random crop + flip" if augments(params) else "none",
-        "optimizer": f"SGD momentum {params.finetune.momentum:g}", "lr_schedule": schedule,
-        "pretrain": f"{params.pretrain.epochs} epochs, lr {params.pretrain.lr:g}, wd {params.pretrain.weight_decay:g}",
-        "sparsify": f"{params.sparsify.epochs} epochs, lr {params.sparsify.lr:g}, reg "
+        "model": params.model.name, "model_kwargs": _kwargs_text(params.model.kwargs),
+        "dataset": d.dataset, "input_size": input_size_of(d.dataset, d.input_size),
+        "batch_size": d.batch_size, "augmentation": augmentation(params), "recipe": params.family_recipe().name,
+        "pretrain": params.pretrain.recipe().describe(),
+        "sparsify": f"{params.sparsify.epochs} epochs, SGD lr {params.sparsify.lr:g}, reg "
                     + ("per sparsifier" if params.sparsify.reg is None else f"{params.sparsify.reg:g}") + ", no wd",
-        "finetune": f"{params.finetune.epochs} epochs, lr {params.finetune.lr:g}, wd {params.finetune.weight_decay:g}",
         "prune": f"{params.prune.steps} steps, protect {params.prune.protect:g}",
+        "bn_recalibration": (f"{params.prune.recalibrate_bn} batches after pruning" if params.prune.recalibrate_bn
+                             else "off"),
+        "finetune": ft.recipe().describe(),
+        "distillation": f"weight {ft.distill:g}, T {ft.temperature:g} (dense teacher)" if ft.distill else "off",
         "calibration_size": params.prune.calibration_batches * d.batch_size,
         "seeds": ",".join(str(s) for s in b.seeds), "dense": f"{b.dense} (seed {params.seed})" if b.dense == "shared"
         else "per seed", "acc_dense": None if acc_dense is None else round(acc_dense, 2),
     }
+
+
+def _kwargs_text(kwargs: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) or "none"
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -105,14 +117,14 @@ def pretrain(params: Params, out: Path, on_epoch: OnEpoch = None) -> dict:
     pruning.seed_everything(params.seed)
     bundle = load_bundle(params)
     spec = bundle.spec
-    model = pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size)
+    model = build_model(params, spec)
     start = time.perf_counter()
     history = []
     if params.model.checkpoint:
         pruning.load_weights(model, params.model.checkpoint)
     else:
         train_loader, val_loader, _ = loaders(params, bundle)
-        history = pruning.train(model, train_loader, Recipe(**params.pretrain.model_dump()), val_loader,
+        history = pruning.train(model, train_loader, params.pretrain.recipe(), val_loader,
                                 on_epoch=on_epoch)
     seconds = time.perf_counter() - start
     acc = pruning.accuracy(model, bundle.loader("test", 256))
@@ -146,7 +158,7 @@ def sparsify_stage(params: Params, method: str, dense: Path, out: Path, on_epoch
         kinds = sparsity.penalised(pair.sparsifier.name)  # the figures follow what this penalty shrinks
         before = sparsity.group_norms(model, example, kinds)
         history = pruning.sparsify(model, example, pair.sparsifier.name, train_loader,
-                                   Recipe(epochs=sp.epochs, lr=sp.lr), criterion=pair.criterion.name,
+                                   pruning.Recipe(epochs=sp.epochs, lr=sp.lr), criterion=pair.criterion.name,
                                    val_loader=val_loader, on_epoch=on_epoch, reg=sp.reg, delta_reg=sp.delta_reg)
         after = sparsity.group_norms(model, example, kinds)
         moved = sparsity.sparsity_summary(before, after)
@@ -183,8 +195,12 @@ def prune_stage(params: Params, method: str, speedup: Optional[float], scope: st
                                   steps=p.steps if steps is None else steps, calibration_batches=p.calibration_batches,
                                   num_classes=bundle.spec.num_classes, pruning_ratio_dict=ratio_dict,
                                   seed=params.seed)
+    recalibrated = 0
+    if p.recalibrate_bn:  # before acc_pruned and the finetune: both see the repaired statistics
+        batches = bundle.loader("train", params.data.batch_size, shuffle=True, seed=params.seed)
+        recalibrated = pruning.recalibrate_bn(model, batches, p.recalibrate_bn)
     acc = pruning.accuracy(model, bundle.loader(eval_split, 256))
-    summary = report.summary()
+    summary = {**report.summary(), "bn_recalibration_samples": recalibrated}
     if groups:  # the share of each group's channels that stayed: the allocation actually applied
         summary["kept_by_group"] = {g: w / dense_widths[g] for g, w in alloc.group_widths(groups).items()}
     # no timing in the file (as for dense.pt): the bytes of pruned and finetuned checkpoints depend on the weights
@@ -194,10 +210,16 @@ def prune_stage(params: Params, method: str, speedup: Optional[float], scope: st
     return {**summary, "acc_pruned": acc, "channels": report.channels}
 
 
+def build_model(params: Params, spec):
+    """A fresh (untrained) ``params.model`` for data of ``spec``."""
+    return pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size,
+                                **params.model.kwargs)
+
+
 def untrained_model(params: Params):
     """A fresh model of ``params.model.name`` for the dataset, with its spec: architecture checks need no weights."""
     spec = load_bundle(params).spec
-    return pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size), spec
+    return build_model(params, spec), spec
 
 
 def layer_group_names(params: Params) -> list[str]:
@@ -215,19 +237,31 @@ def reachable_speedup(params: Params, protect: float) -> float:
 
 
 def finetune_stage(params: Params, source: Path, out: Path, epochs: Optional[int] = None,
-                   on_epoch: OnEpoch = None) -> dict:
+                   on_epoch: OnEpoch = None, teacher: Optional[Path] = None) -> dict:
+    """Finetune a pruned checkpoint with the family's finetuning recipe; with ``finetune.distill`` > 0, distil from
+    ``teacher`` (the dense checkpoint)."""
     pruning.seed_everything(params.seed)
     bundle = load_bundle(params)
     model, meta = _load(Path(source), params, bundle)
-    ft = params.finetune.model_dump()
-    if epochs is not None:
-        ft["epochs"] = epochs
     train_loader, val_loader, _ = loaders(params, bundle)
+    distillation = _distillation(params, teacher, bundle)
     start = time.perf_counter()
-    history = pruning.finetune(model, train_loader, Recipe(**ft), val_loader, on_epoch=on_epoch)
+    history = pruning.finetune(model, train_loader, params.finetune.recipe(epochs), val_loader, on_epoch=on_epoch,
+                               distillation=distillation)
     seconds = time.perf_counter() - start
     _save(Path(out), model, params, bundle, meta.get("extra"))
     return {"seconds_finetune": seconds, "finetune_history": history}
+
+
+def _distillation(params: Params, teacher: Optional[Path], bundle: DataBundle):
+    ft = params.finetune
+    if not ft.distill:
+        return None
+    if teacher is None:
+        raise pruning.PruneBenchError("finetune.distill needs the dense model as the teacher: finetune through the "
+                                      "benchmark, tune or prune commands, which pass it")
+    dense, _ = _load(Path(teacher), params, bundle)
+    return pruning.Distillation(dense, ft.distill, ft.temperature)
 
 
 def evaluate_stage(params: Params, checkpoint: Path) -> dict:
@@ -242,10 +276,11 @@ def evaluate_stage(params: Params, checkpoint: Path) -> dict:
     return metrics
 
 
-def finetune_or_copy(params: Params, source: Path, out: Path, epochs: int, on_epoch: OnEpoch = None) -> dict:
+def finetune_or_copy(params: Params, source: Path, out: Path, epochs: int, on_epoch: OnEpoch = None,
+                     teacher: Optional[Path] = None) -> dict:
     """Finetune for ``epochs`` into ``out``; at 0 epochs the pruned checkpoint is copied (nothing trained)."""
     if epochs > 0:
-        return finetune_stage(params, source, out, epochs, on_epoch)
+        return finetune_stage(params, source, out, epochs, on_epoch, teacher)
     fileio.copy_file(source, out)
     return {"seconds_finetune": 0.0, "finetune_history": []}
 
@@ -260,7 +295,7 @@ def run_trial(params: Params, method: str, speedup: float, scope: str, dense: Pa
     sparse = sparsify_stage(params, method, dense, work_dir / "sparse.pt", on_epoch)
     pruned = prune_stage(params, method, speedup, scope, work_dir / "sparse.pt", work_dir / "pruned.pt")
     epochs = params.finetune.epochs if finetune_epochs is None else finetune_epochs
-    tuned = finetune_or_copy(params, work_dir / "pruned.pt", Path(out), epochs, on_epoch)
+    tuned = finetune_or_copy(params, work_dir / "pruned.pt", Path(out), epochs, on_epoch, teacher=Path(dense))
     final = {**evaluate_stage(params, Path(out)), "checkpoint": str(out)}
     record = TrialRecord.from_steps(method, scope, speedup, pruned, final, dense_metrics,
                                     params.evaluate.latency_batch, tuned, sparse, epochs, seed=params.seed,

@@ -76,13 +76,15 @@ def prune_task(params: Params, method: str, speedup: float, scope: str, source: 
 
 
 @task(name="finetune", task_run_name="finetune[{name}]", **TASK)
-def finetune_task(params: Params, name: str, source: str, work: str) -> dict:
+def finetune_task(params: Params, name: str, source: str, work: str, teacher: Optional[str] = None) -> dict:
+    """The pruned checkpoint finetuned (distilled from ``teacher``, the dense checkpoint, when finetune.distill>0)."""
     out = Path(work) / "finetuned.pt"
     epochs = params.finetune.epochs
 
     def compute():
         result = stages.finetune_or_copy(params, Path(source), out, epochs,
-                                         progress.on_epoch(f"finetune {name}", epochs))
+                                         progress.on_epoch(f"finetune {name}", epochs),
+                                         teacher=Path(teacher) if teacher else None)
         return {**result, "checkpoint": str(out)}
     return once(work, "finetune", compute)
 

@@ -84,7 +84,7 @@ def compute(ctx: SweepContext, trial: Trial, work: Path) -> TrialRecord:
     start = time.perf_counter()
     sp = sparsified(ctx, trial.method)
     pr = prune_task(p, trial.method, trial.speedup, trial.scope, sp["checkpoint"], str(work))
-    ft = finetune_task(p, trial.name, pr["checkpoint"], str(work))
+    ft = finetune_task(p, trial.name, pr["checkpoint"], str(work), teacher=ctx.dense)
     ev = evaluate_task(p, trial.name, ft["checkpoint"], str(work))
     record = TrialRecord.from_steps(trial.method, trial.scope, trial.speedup, pr, ev, ctx.dense_eval,
                                     p.evaluate.latency_batch, ft, sp, p.finetune.epochs, seed=trial.seed,

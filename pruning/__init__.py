@@ -18,11 +18,13 @@ from .methods import get_method, list_methods, resolve
 from .metrics import accuracy, count_macs_params, measure_latency
 from .models import create_model, list_models
 from .steps import SCOPES, PruneReport, check_prune_args, evaluate, finetune, group, prune, sparsify
-from .train import Recipe, seed_everything, train
+from .recipes import FamilyRecipe, get_recipe, list_recipes, recipe_for, register_recipe
+from .train import Distillation, Recipe, recalibrate_bn, seed_everything, train
 
 __all__ = [
-    "DataBundle", "DataSpec", "PruneBenchError", "PruneReport", "Recipe", "SCOPES", "accuracy", "check_prune_args",
-    "count_macs_params", "create_model", "evaluate", "finetune", "get_method", "group", "list_methods",
-    "list_models", "load_checkpoint", "load_data", "load_weights", "materialize", "measure_latency", "prune",
-    "read_checkpoint", "resolve", "save_checkpoint", "seed_everything", "sparsify", "train",
+    "DataBundle", "DataSpec", "Distillation", "FamilyRecipe", "PruneBenchError", "PruneReport", "Recipe", "SCOPES",
+    "accuracy", "check_prune_args",
+    "count_macs_params", "create_model", "evaluate", "finetune", "get_method", "get_recipe", "group",
+    "list_methods", "list_models", "list_recipes", "load_checkpoint", "load_data", "load_weights", "materialize", "measure_latency", "prune",
+    "read_checkpoint", "recalibrate_bn", "recipe_for", "register_recipe", "resolve", "save_checkpoint", "seed_everything", "sparsify", "train",
 ]

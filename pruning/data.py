@@ -42,16 +42,17 @@ class DataBundle:
     spec: DataSpec
     splits: dict  # split name -> (uint8 images N x C x H x W, int64 labels N)
 
-    def dataset(self, split: str, augment: bool = False, seed: int = 0) -> Dataset:
+    def dataset(self, split: str, augment: bool = False, seed: int = 0, flip: bool = True) -> Dataset:
         images, labels = self.splits[split]
-        return ArrayDataset(images, labels, augment=augment, seed=seed)
+        return ArrayDataset(images, labels, augment=augment, seed=seed, flip=flip)
 
     def loader(self, split: str, batch_size: int = 64, shuffle: bool = False, augment: bool = False,
-               seed: int = 0) -> DataLoader:
+               seed: int = 0, flip: bool = True) -> DataLoader:
         """Batches of ``split``; the shuffle order and the augmentation are fixed by ``seed`` alone (own generators,
-        never torch's global one, so loaders on other threads cannot change them)."""
+        never torch's global one, so loaders on other threads cannot change them).  ``flip=False`` keeps the random
+        crops of the augmentation and drops its horizontal flips."""
         generator = torch.Generator().manual_seed(seed)  # drives the sampler only
-        return DataLoader(self.dataset(split, augment, seed), batch_size=batch_size, shuffle=shuffle,
+        return DataLoader(self.dataset(split, augment, seed, flip), batch_size=batch_size, shuffle=shuffle,
                           generator=generator, num_workers=0)
 
 
@@ -63,10 +64,11 @@ class ArrayDataset(Dataset):
     each get a copy of the generator and repeat each other's crops.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool = False, seed: int = 0):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool = False, seed: int = 0,
+                 flip: bool = True):
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-        self.augment = augment
+        self.augment, self.flip = augment, flip
         self.generator = torch.Generator().manual_seed(_augment_seed(seed)) if augment else None
 
     def __len__(self):
@@ -75,7 +77,7 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i):
         x = (self.images[i].float() / 255.0 - _MEAN) / _STD
         if self.augment:
-            x = _random_crop_flip(x, self.generator)
+            x = _random_crop_flip(x, self.generator, flip=self.flip)
         return x, self.labels[i]
 
 
@@ -84,12 +86,13 @@ def _augment_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 1]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+def _random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
     h, w = x.shape[-2:]
     padded = F.pad(x, (pad, pad, pad, pad))
     top, left = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
     x = padded[:, top:top + h, left:left + w]
-    return x.flip(-1) if torch.rand((), generator=generator) < 0.5 else x
+    flipped = torch.rand((), generator=generator) < 0.5  # drawn either way: the crops do not depend on ``flip``
+    return x.flip(-1) if flip and flipped else x
 
 
 # --------------------------------------------------------------------------- public entry points

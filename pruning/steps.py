@@ -19,7 +19,7 @@ from .methods import SPARSIFIER, get_method, resolve
 from .metrics import (channel_table, correct_predictions, count_macs_params, layer_widths, measure_latency,
                       percent_correct)
 from .tp_adapter import channel_groups, is_attention_group, module_names
-from .train import Recipe, train
+from .train import Distillation, Recipe, train
 
 SCOPES = ("local", "global", "protected", "isomorphic")
 DEFAULT_PROTECT = 0.1  # PruningBench's base setting: every group keeps >= 10% of its channels
@@ -261,9 +261,11 @@ def _check_bn(model: nn.Module, name: str, needs_bn: bool) -> None:
 
 
 # --------------------------------------------------------------------------- finetune / evaluate
-def finetune(model: nn.Module, train_loader, recipe: Recipe, val_loader=None, on_epoch=None) -> list[dict]:
-    """Finetune the pruned model in place (the paper's CIFAR recipe: lr 0.01, multistep)."""
-    return train(model, train_loader, recipe, val_loader, on_epoch=on_epoch)
+def finetune(model: nn.Module, train_loader, recipe: Recipe, val_loader=None, on_epoch=None,
+             distillation: Optional[Distillation] = None) -> list[dict]:
+    """Finetune the pruned model in place with ``recipe`` (the paper's CIFAR one: lr 0.01, multistep); with
+    ``distillation``, the dense model's soft targets join the loss."""
+    return train(model, train_loader, recipe, val_loader, on_epoch=on_epoch, distillation=distillation)
 
 
 def evaluate(model: nn.Module, loader, example_inputs: torch.Tensor, latency_batch: int = 32,

@@ -55,7 +55,8 @@ def trial_task(s: Study, number: int, trial, allocation: dict, protect: float, s
         if row["epoch"] < s.params.tune.epochs and trial.should_prune():
             raise _Stop(row["epoch"])
     try:
-        ft = stages.finetune_stage(p, work / "pruned.pt", work / "finetuned.pt", s.params.tune.epochs, on_epoch)
+        ft = stages.finetune_stage(p, work / "pruned.pt", work / "finetuned.pt", s.params.tune.epochs, on_epoch,
+                                   teacher=Path(s.sweep.dense))
     except _Stop as stop:
         return {**out, "outcome": "pruned", "pruned_at": stop.step}
     finally:

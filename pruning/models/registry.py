@@ -9,7 +9,7 @@ from typing import Callable, Dict, Tuple
 
 from torch import nn
 
-from ..errors import unknown_choice
+from ..errors import PruneBenchError, unknown_choice
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
 _FAMILIES: Dict[str, Tuple[str, Callable[..., nn.Module]]] = {}  # prefix -> (pattern shown, builder)
@@ -49,11 +49,18 @@ def is_known_model(name: str) -> bool:
     return name in _BUILDERS or any(name.startswith(prefix) for prefix in _FAMILIES)
 
 
-def create_model(name: str, num_classes: int, in_chans: int = 3, input_size: int = 32) -> nn.Module:
-    """Build a model by registry name (``resnet20``, ``vgg19``, ``yolov8n``, ``timm/deit_tiny_patch16_224``, ...)."""
+def create_model(name: str, num_classes: int, in_chans: int = 3, input_size: int = 32, **kwargs) -> nn.Module:
+    """Build a model by registry name (``resnet20``, ``vgg19``, ``yolov8n``, ``timm/deit_tiny_patch16_224``, ...).
+
+    ``kwargs`` go to the family's builder (for ``timm/<name>``: to ``timm.create_model``, e.g. ``patch_size=4``); a
+    builder that takes none refuses them in one line naming them.
+    """
     for prefix, (_, build) in _FAMILIES.items():
         if name.startswith(prefix):
-            return build(name[len(prefix):], num_classes, in_chans, input_size)
+            return build(name[len(prefix):], num_classes, in_chans, input_size, **kwargs)
     if name not in _BUILDERS:
         raise unknown_choice("model", name, list_models())
+    if kwargs:
+        raise PruneBenchError(f"model {name!r} takes no model kwargs (got {', '.join(sorted(kwargs))}); "
+                              f"they are passed to timm models")
     return _BUILDERS[name](num_classes=num_classes, in_chans=in_chans, input_size=input_size)
