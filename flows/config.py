@@ -114,6 +114,8 @@ class PruneParams(_Section):
     steps: int = Field(100, ge=1)
     calibration_batches: int = Field(4, ge=1)
     recalibrate_bn: int = Field(0, ge=0)  # training batches that re-estimate BatchNorm statistics after pruning
+    head_ratio: float = Field(0.0, ge=0, lt=1)               # attention: fraction of whole heads removed
+    head_dim_ratio: Optional[float] = Field(None, ge=0, lt=1)  # None: head dims ranked in the scope
 
     @field_validator("scope")
     @classmethod

@@ -194,7 +194,7 @@ def prune_stage(params: Params, method: str, speedup: Optional[float], scope: st
                                   protect=p.protect if protect is None else protect,
                                   steps=p.steps if steps is None else steps, calibration_batches=p.calibration_batches,
                                   num_classes=bundle.spec.num_classes, pruning_ratio_dict=ratio_dict,
-                                  seed=params.seed)
+                                  seed=params.seed, **attention_options(p))
     recalibrated = 0
     if p.recalibrate_bn:  # before acc_pruned and the finetune: both see the repaired statistics
         batches = bundle.loader("train", params.data.batch_size, shuffle=True, seed=params.seed)
@@ -214,6 +214,16 @@ def build_model(params: Params, spec):
     """A fresh (untrained) ``params.model`` for data of ``spec``."""
     return pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size,
                                 **params.model.kwargs)
+
+
+def attention_options(prune_params) -> dict:
+    """``head_ratio``/``head_dim_ratio`` for :func:`pruning.prune`, only when set (a CNN takes neither)."""
+    options = {}
+    if prune_params.head_ratio:
+        options["head_ratio"] = prune_params.head_ratio
+    if prune_params.head_dim_ratio is not None:
+        options["head_dim_ratio"] = prune_params.head_dim_ratio
+    return options
 
 
 def untrained_model(params: Params):
@@ -368,7 +378,8 @@ def detection_trial(params: Params, method: str, speedup: float, scope: str, che
     if epochs > 0:
         t = time.perf_counter()
         model = yolo.finetune_yolo(model, data.yaml, data.imgsz, epochs, work_dir, batch=params.data.batch_size,
-                                   lr0=params.finetune.lr, seed=params.seed)
+                                   lr0=params.finetune.lr, seed=params.seed,
+                                   warmup_epochs=params.finetune.warmup_epochs)
         seconds_finetune = time.perf_counter() - t
         final = yolo.evaluate_yolo(model, data.yaml, data.imgsz, work_dir, repeats=params.evaluate.latency_repeats)
     else:
@@ -393,6 +404,7 @@ def _yolo_baseline(params: Params, model, data, cache_dir: Path, work_dir: Path)
     if path.is_file():
         return yolo.load_yolo(path, expect_model=params.model.name, expect_classes=data.num_classes)[0]
     model = yolo.finetune_yolo(model, data.yaml, data.imgsz, params.pretrain.epochs, work_dir,
-                               batch=params.data.batch_size, lr0=0.01, seed=params.seed)  # ultralytics' lr0
+                               batch=params.data.batch_size, lr0=params.pretrain.lr, seed=params.seed,
+                               warmup_epochs=params.pretrain.warmup_epochs)  # the yolo recipe: ultralytics' own
     yolo.save_yolo(path, model, params.model.name, data.num_classes, data.imgsz)
     return model
