@@ -327,6 +327,17 @@ def pretrain(out: Path = typer.Option(Path("models/dense.pt"), "--out", help="wh
 
 @app.command()
 @guarded
+def export(checkpoint: Path = typer.Option(..., "--checkpoint", help="a dense prunebench checkpoint, e.g. models/dense.pt"),
+           out: Path = typer.Option(..., "--out", help="weights.safetensors or weights.pth (the model's own key names: "
+                                                       "timm's for timm/<name>); an ultralytics .pt for YOLO")):
+    """Export a dense checkpoint's weights for other tools (and for model.checkpoint): .safetensors, .pth, or .pt."""
+    from pruning.export import export_weights
+    path = export_weights(checkpoint, out)
+    typer.echo(f"weights: {path}", err=True)
+
+
+@app.command()
+@guarded
 def benchmark(
     methods: Optional[List[str]] = typer.Option(None, "--methods", show_default=default_from("benchmark.methods"),
                                                 help="methods to run (repeat or comma-separate)"),

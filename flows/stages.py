@@ -121,7 +121,7 @@ def pretrain(params: Params, out: Path, on_epoch: OnEpoch = None) -> dict:
     start = time.perf_counter()
     history = []
     if params.model.checkpoint:
-        pruning.load_weights(model, params.model.checkpoint)
+        pruning.load_weights(model, params.model.checkpoint, params.model.name)
     else:
         train_loader, val_loader, _ = loaders(params, bundle)
         history = pruning.train(model, train_loader, params.pretrain.recipe(), val_loader,
@@ -326,7 +326,7 @@ def preflight(params: Params) -> None:
     model, spec = untrained_model(params)
     check_input_size(model, spec.example_inputs(), params.model.name)
     if params.model.checkpoint:  # the user's weights fit (and load safely) before any data is prepared
-        pruning.load_weights(model, params.model.checkpoint)
+        pruning.load_weights(model, params.model.checkpoint, params.model.name)
     check_prunable(model, spec.example_inputs(), spec.num_classes, params.model.name)
 
 

@@ -14,6 +14,7 @@ Example::
 from .checkpoint import load_checkpoint, load_weights, read_checkpoint, save_checkpoint
 from .data import DataBundle, DataSpec, load_data, materialize
 from .errors import PruneBenchError
+from .export import export_weights
 from .methods import get_method, list_methods, resolve
 from .metrics import accuracy, count_macs_params, measure_latency
 from .models import create_model, list_models
@@ -24,7 +25,7 @@ from .train import Distillation, Recipe, recalibrate_bn, seed_everything, train
 __all__ = [
     "DataBundle", "DataSpec", "Distillation", "FamilyRecipe", "PruneBenchError", "PruneReport", "Recipe", "SCOPES",
     "accuracy", "check_prune_args",
-    "count_macs_params", "create_model", "evaluate", "finetune", "get_method", "get_recipe", "group",
+    "count_macs_params", "create_model", "evaluate", "export_weights", "finetune", "get_method", "get_recipe", "group",
     "list_methods", "list_models", "list_recipes", "load_checkpoint", "load_data", "load_weights", "materialize", "measure_latency", "prune",
     "read_checkpoint", "recalibrate_bn", "recipe_for", "register_recipe", "resolve", "save_checkpoint", "seed_everything", "sparsify", "train",
 ]

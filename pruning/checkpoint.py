@@ -63,11 +63,7 @@ def load_checkpoint(path: str | os.PathLike, *, expect_model: Optional[str] = No
     if history:
         example = torch.randn(1, payload["in_chans"], payload["input_size"], payload["input_size"])
         replay_history(model, example, history, payload.get("attention"))
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as e:
-        raise PruneBenchError(f"checkpoint {path} does not match the {payload['model']!r} architecture: "
-                              f"{mismatch_reason(e)}") from None
+    load_state(model, payload["state_dict"], f"checkpoint {path} does not match the {payload['model']!r} architecture")
     model.prunebench_history = list(history)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model, meta
@@ -88,8 +84,11 @@ def replay_history(model: nn.Module, example_inputs: torch.Tensor, history: list
     return model
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load plain weights (a state dict in ``.pt``/``.pth`` or ``.safetensors``) into a dense model."""
+def load_weights(model: nn.Module, path: str | os.PathLike, name: Optional[str] = None) -> nn.Module:
+    """Load plain weights (a state dict in ``.pt``/``.pth`` or ``.safetensors``) into a dense model.
+
+    ``name`` (the model's registry name) is only for the error message, which names the first key that does not fit.
+    """
     path = Path(path)
     if not path.is_file():
         raise PruneBenchError(f"weights file {path} does not exist")
@@ -100,11 +99,42 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PruneBenchError(f"{path} holds no state dict (a mapping of names to tensors)")
+    return load_state(model, state, f"cannot load weights from {path}" + (f" into {name}" if name else ""))
+
+
+def load_state(model: nn.Module, state: dict, context: str) -> nn.Module:
+    """``load_state_dict(strict=True)``, but a mismatch is one line: ``<context>: first mismatch: <the key>``.
+
+    torch lists every missing and unexpected key, then every shape, in one long message that a one-line error has to
+    cut; the first mismatched key in the model's order (and how many there are) is what tells a user which file or
+    class count is wrong.
+    """
+    problems = state_mismatches(model.state_dict(), state)
+    if problems:
+        more = f" ({len(problems)} mismatched keys in all)" if len(problems) > 1 else ""
+        raise PruneBenchError(f"{context}: first mismatch: {problems[0]}{more}")
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise PruneBenchError(f"cannot load weights from {path}: {mismatch_reason(e)}") from None
+    except RuntimeError as e:  # what the keys and shapes cannot show (a module's own loading rules)
+        raise PruneBenchError(f"{context}: {mismatch_reason(e)}") from None
     return model
+
+
+def state_mismatches(expected: dict, found: dict) -> list[str]:
+    """Every key where ``found`` (a file's tensors) does not fit ``expected`` (the model's state dict): the model's
+    keys in its order (missing, or another shape), then the file's keys the model lacks, in the file's order."""
+    problems = []
+    for key, tensor in expected.items():
+        if key not in found:
+            problems.append(f"{key} is missing from the file")
+        elif tuple(found[key].shape) != tuple(tensor.shape):
+            problems.append(f"{key} has shape {_shape(found[key])} in the file, {_shape(tensor)} in the model")
+    problems.extend(f"{key} is in the file but not in the model" for key in found if key not in expected)
+    return problems
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "(" + ", ".join(map(str, tensor.shape)) + ")"
 
 
 def _read_safetensors(path: Path) -> dict:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import PruneBenchError, mismatch_reason
+from ..errors import PruneBenchError
 from ..modes import quiet_stdout
 from ..safeload import load_npy, torch_load_safely
 from .registry import register_model
@@ -146,6 +146,58 @@ def replace_c2f(model: nn.Module) -> int:
     return count
 
 
+def restore_c2f(model: nn.Module) -> int:
+    """Swap every :class:`C2fSplit` back for an ultralytics ``C2f`` in place (the inverse of :func:`replace_c2f`);
+    return how many were restored.
+
+    An exported ``.pt`` must hold only classes ultralytics (and :func:`ultralytics_globals`) know, with ultralytics'
+    key names: ``cv0`` and ``cv1`` become one ``cv1`` again, weights and BatchNorm statistics concatenated in the
+    order ``C2f.forward`` chunks them, so outputs are identical.
+    """
+    count = 0
+    for name, child in list(model.named_children()):
+        if type(child) is C2fSplit:
+            setattr(model, name, _merged_c2f(child))
+            count += 1
+        else:
+            count += restore_c2f(child)
+    return count
+
+
+def _merged_c2f(split: C2fSplit) -> nn.Module:
+    """The ultralytics ``C2f`` computing what ``split`` computes (built empty, then given split's own layers, so
+    shortcut and group settings need not be known)."""
+    from ultralytics.nn.modules import C2f
+    halves = (split.cv0, split.cv1)
+    if halves[0].conv.out_channels != halves[1].conv.out_channels:
+        raise PruneBenchError("a pruned C2f (its two halves differ in width) has no ultralytics C2f form")
+    c2f = C2f.__new__(C2f)
+    nn.Module.__init__(c2f)
+    c2f.c, c2f.cv1, c2f.cv2, c2f.m = split.c, _concatenated_conv(*halves), split.cv2, split.m
+    for attr in ("i", "f", "type", "np"):  # ultralytics' graph bookkeeping
+        if hasattr(split, attr):
+            setattr(c2f, attr, getattr(split, attr))
+    c2f.train(split.training)
+    return c2f
+
+
+def _concatenated_conv(first: nn.Module, second: nn.Module) -> nn.Module:
+    """One ultralytics ``Conv`` whose output channels are ``first``'s then ``second``'s (weights, bias, BatchNorm)."""
+    from ultralytics.nn.modules import Conv
+    conv = Conv(first.conv.in_channels, first.conv.out_channels + second.conv.out_channels, 1, 1)
+    pair = (first, second)
+    with torch.no_grad():
+        conv.conv.weight.copy_(torch.cat([h.conv.weight for h in pair]))
+        if first.conv.bias is not None:
+            conv.conv.bias = nn.Parameter(torch.cat([h.conv.bias for h in pair]))
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            getattr(conv.bn, attr).copy_(torch.cat([getattr(h.bn, attr) for h in pair]))
+        conv.bn.num_batches_tracked.copy_(first.bn.num_batches_tracked)
+    conv.bn.eps, conv.bn.momentum, conv.act = first.bn.eps, first.bn.momentum, first.act
+    conv.train(first.training)
+    return conv
+
+
 def build_yolo(name: str, num_classes: int, imgsz: Optional[int] = None) -> nn.Module:
     """A ``yolov8n|s|m`` DetectionModel from ultralytics' bundled yaml (random weights), with C2f made prunable."""
     if not is_yolo(name):
@@ -164,7 +216,8 @@ def load_ultralytics_weights(model: nn.Module, path: str | os.PathLike) -> nn.Mo
 
     ultralytics pickles whole modules, so the file is read with ``torch.load(weights_only=True)`` allowing only the
     classes a YOLOv8 detection checkpoint is made of (:func:`ultralytics_globals`): anything else is refused before
-    it is built, so nothing in the file runs.  Class counts must match.
+    it is built, so nothing in the file runs.  Class counts must match: a mismatch names the first key that
+    does not fit.
     """
     ultralytics_setup()
     path = Path(path)
@@ -173,12 +226,9 @@ def load_ultralytics_weights(model: nn.Module, path: str | os.PathLike) -> nn.Mo
     ckpt = torch_load_safely(path, ultralytics_globals(), kind="an ultralytics YOLOv8 detection checkpoint")
     source = _checkpoint_model(ckpt, path).float()
     replace_c2f(source)
-    try:
-        model.load_state_dict(source.state_dict(), strict=True)
-    except RuntimeError as e:
-        raise PruneBenchError(f"YOLO weights in {path} do not fit {getattr(model, 'prunebench_name', 'the model')} "
-                              f"with {int(detect_head(model).nc)} classes: {mismatch_reason(e)}") from None
-    return model
+    from ..checkpoint import load_state  # here: pruning.checkpoint imports the model registry, which imports this
+    target = f"{getattr(model, 'prunebench_name', 'the model')} with {int(detect_head(model).nc)} classes"
+    return load_state(model, source.state_dict(), f"cannot load YOLO weights from {path} into {target}")
 
 
 def ultralytics_globals() -> list:
