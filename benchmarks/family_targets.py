@@ -44,10 +44,11 @@ FAMILIES = {
 }
 
 
-def classification(family: str, epochs: int | None, seed: int, kwargs: dict | None = None, batch: int = 64) -> dict:
+def classification(family: str, epochs: int | None, seed: int, kwargs: dict | None = None, batch: int = 64,
+                   recipe_name: str = "auto") -> dict:
     name, default_kwargs, size, target = FAMILIES[family]
     kwargs = default_kwargs if kwargs is None else kwargs
-    recipe = recipe_for(name)
+    recipe = recipe_for(name, recipe_name)
     phase = recipe.phase("pretrain", epochs=epochs)
     pruning.seed_everything(seed)
     bundle = pruning.load_data("digits", input_size=size)
@@ -90,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe's pretraining epochs")
     ap.add_argument("--imgsz", type=int, default=None, help="YOLO image size (default: the dataset's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recipe", default="auto", help="a recipe name instead of the family's (classification)")
     ap.add_argument("--batch", type=int, default=64, help="training batch size (classification)")
     ap.add_argument("--model-kwargs", type=json.loads, default=None, help="JSON: replaces the family's kwargs")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -100,7 +102,8 @@ def main(argv=None) -> int:
     for family in args.families:
         print(f"{family}: {FAMILIES[family][0]} with recipe {recipe_for(FAMILIES[family][0]).name}", flush=True)
         rows[family] = (detection(family, args.epochs, args.seed, args.imgsz) if FAMILIES[family][2] is None
-                        else classification(family, args.epochs, args.seed, args.model_kwargs, args.batch))
+                        else classification(family, args.epochs, args.seed, args.model_kwargs, args.batch,
+                                                      args.recipe))
         rows[family].update(seed=args.seed, threads=args.threads)
         print(json.dumps(rows[family]), flush=True)
     print("\n| family | model (kwargs) | input | recipe | result | target | pretraining |\n|---|---|---|---|---|---|---|")

@@ -1,4 +1,7 @@
-"""Isomorphic vs plain global pruning on deit_tiny and convnext_atto (digits, 32x32): allocation and accuracy.
+"""Isomorphic vs plain global pruning on deit_tiny and convnext_atto (digits, 32x32): the allocation each makes.
+
+The accuracy comparison over seeds, with intervals, is benchmarks/isomorphic_claim.py (through the benchmark flow);
+this script shows, after a short pretraining with each family's recipe, which layer kinds each scope prunes.
 
 For each model: train a dense baseline briefly, prune two copies to the same MACs speedup, one with ``global``
 (every group ranked against every other) and one with ``isomorphic`` (groups ranked only against structurally
@@ -18,9 +21,9 @@ from collections import defaultdict
 import torch
 
 import pruning
-from pruning.train import Recipe
+from pruning.recipes import recipe_for
 
-MODELS = {"timm/deit_tiny_patch16_224": 0.01, "timm/convnext_atto": 0.05}  # name -> pretrain lr
+MODELS = {"timm/deit_tiny_patch16_224": {"patch_size": 8}, "timm/convnext_atto": {}}  # name -> model kwargs
 
 
 def allocation(channels: list) -> dict:
@@ -43,14 +46,15 @@ def main():
     torch.set_num_threads(args.threads)
     bundle = pruning.load_data("digits", input_size=32)  # the size these figures were measured at
     spec = bundle.spec
-    train_loader = bundle.loader("train", 64, shuffle=True, augment=True)
+    train_loader = bundle.loader("train", 64, shuffle=True, augment=True, flip=False)
     test_loader = bundle.loader("test", 256)
     results = []
-    for name, lr in MODELS.items():
+    for name, kwargs in MODELS.items():
         pruning.seed_everything(0)
-        dense = pruning.create_model(name, spec.num_classes, spec.in_chans, spec.input_size)
+        recipe = recipe_for(name)
+        dense = pruning.create_model(name, spec.num_classes, spec.in_chans, spec.input_size, **kwargs)
         t = time.perf_counter()
-        pruning.train(dense, train_loader, Recipe(epochs=args.epochs, lr=lr))
+        pruning.train(dense, train_loader, recipe.phase("pretrain", epochs=args.epochs))
         acc_dense = pruning.accuracy(dense, test_loader)
         print(f"{name}: dense acc {acc_dense:.2f} ({time.perf_counter() - t:.0f}s)", flush=True)
         for scope in ("global", "isomorphic"):
@@ -61,7 +65,7 @@ def main():
                                           data=calib, steps=50, calibration_batches=2,
                                           num_classes=spec.num_classes)
             acc_pruned = pruning.accuracy(model, test_loader)
-            pruning.finetune(model, train_loader, Recipe(epochs=args.finetune, lr=lr / 2))
+            pruning.finetune(model, train_loader, recipe.phase("finetune", epochs=args.finetune))
             row = {"model": name, "scope": scope, "method": args.method, "speedup": round(report.speedup, 3),
                    "macs_pruned": report.macs_pruned, "params_pruned": report.params_pruned,
                    "acc_dense": round(acc_dense, 2), "acc_pruned": round(acc_pruned, 2),

@@ -30,6 +30,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, *, model_name: st
     payload = {
         "format": FORMAT,
         "model": model_name, "num_classes": num_classes, "in_chans": in_chans, "input_size": input_size,
+        "model_kwargs": dict(getattr(model, "prunebench_kwargs", {})),  # the geometry create_model was given
         "pruning_history": list(getattr(model, "prunebench_history", [])),
         "attention": {str(k): int(v) for k, v in getattr(model, "prunebench_attention", {}).items()},
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -58,7 +59,8 @@ def load_checkpoint(path: str | os.PathLike, *, expect_model: Optional[str] = No
     if expect_classes is not None and payload["num_classes"] != expect_classes:
         raise PruneBenchError(f"checkpoint {path} has {payload['num_classes']} classes; the dataset has "
                               f"{expect_classes}")
-    model = create_model(payload["model"], payload["num_classes"], payload["in_chans"], payload["input_size"])
+    model = create_model(payload["model"], payload["num_classes"], payload["in_chans"], payload["input_size"],
+                         **payload.get("model_kwargs", {}))
     history = payload["pruning_history"]
     if history:
         example = torch.randn(1, payload["in_chans"], payload["input_size"], payload["input_size"])

@@ -24,7 +24,8 @@ from .metrics import accuracy
 from .modes import eval_mode, training_mode
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("multistep", "cosine")
+SCHEDULES = ("multistep", "cosine", "linear")
+LINEAR_FINAL = 0.01  # the linear schedule ends at 1% of the learning rate (ultralytics' lrf)
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,10 @@ class Recipe:
         parts.append(f"wd {self.weight_decay:g}")
         if self.warmup_epochs:
             parts.append(f"warm-up {self.warmup_epochs}")
-        parts.append("cosine" if self.schedule == "cosine" else
-                     f"multistep x{self.gamma:g} at " + "/".join(f"{m:.0%}" for m in self.milestones))
+        if self.schedule == "multistep":
+            parts.append(f"multistep x{self.gamma:g} at " + "/".join(f"{m:.0%}" for m in self.milestones))
+        else:
+            parts.append(self.schedule + (f" to {LINEAR_FINAL:g}x" if self.schedule == "linear" else ""))
         if self.label_smoothing:
             parts.append(f"label smoothing {self.label_smoothing:g}")
         if self.clip_grad:
@@ -116,9 +119,12 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     epoch = step // steps_per_epoch
-    if recipe.schedule == "cosine":
+    if recipe.schedule in ("cosine", "linear"):
         total = max(1, recipe.epochs * steps_per_epoch - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
+        progress = min(1.0, (step - warmup) / total)
+        if recipe.schedule == "linear":
+            return 1 - (1 - LINEAR_FINAL) * progress
+        return 0.5 * (1 + math.cos(math.pi * progress))
     milestones = {max(1, int(round(f * recipe.epochs))) for f in recipe.milestones}
     return recipe.gamma ** sum(epoch >= m for m in milestones)
 

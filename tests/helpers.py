@@ -68,3 +68,15 @@ def runs(proj: Path):
     c = client(proj)
     exp = c.get_experiment_by_name("prunebench/digits/resnet20")
     return c, list(c.search_runs([exp.experiment_id], max_results=1000))
+
+
+def randomize_bn(model) -> None:
+    """BatchNorm weights and statistics unlike a fresh build's (so code that copies or merges them is tested)."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))

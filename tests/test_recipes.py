@@ -95,6 +95,9 @@ def test_learning_rate_schedules():
     decay = [lr_factor(cos, s, 10) for s in range(20, 100)]
     assert decay[0] == pytest.approx(1.0) and decay[-1] < 0.01 and all(a >= b for a, b in zip(decay, decay[1:]))
     assert lr_factor(cos, 60, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    lin = Recipe(epochs=10, lr=1.0, schedule="linear")
+    assert lr_factor(lin, 0, 10) == 1.0 and lr_factor(lin, 50, 10) == pytest.approx(1 - 0.99 * 0.5)
+    assert lr_factor(lin, 99, 10) == pytest.approx(0.01, abs=0.011)
 
 
 def test_adamw_recipe_trains_and_clips():
@@ -171,3 +174,26 @@ def test_recalibration_repairs_a_pruned_model(digits, one_thread):
     stale = pruning.accuracy(model, test)
     pruning.recalibrate_bn(model, digits.loader("train", 64, shuffle=True, seed=1), 8)
     assert pruning.accuracy(model, test) > stale
+
+
+def test_checkpoints_keep_the_model_kwargs(tmp_path, digits, one_thread):
+    """A DeiT built with patch_size 8, pruned and saved, reloads with the same geometry and the same outputs."""
+    model = pruning.create_model("timm/deit_tiny_patch16_224", 10, 3, 32, patch_size=8)
+    pruning.prune(model, digits.spec.example_inputs(), "l2", 2.0, "isomorphic", steps=10)
+    path = pruning.save_checkpoint(tmp_path / "p.pt", model, model_name="timm/deit_tiny_patch16_224",
+                                   num_classes=10, in_chans=3, input_size=32)
+    again, meta = pruning.load_checkpoint(path)
+    assert meta["model_kwargs"] == {"patch_size": 8} and again.patch_embed.num_patches == 16
+    x = digits.spec.example_inputs(2)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), again.eval()(x), atol=1e-5)
+
+
+def test_the_isomorphic_profile_is_the_papers_recipe():
+    p = load_params("params.yaml", profile="isomorphic")
+    assert p.model.name == "timm/deit_tiny_patch16_224" and p.model.kwargs == {"patch_size": 8}
+    assert p.prune.scope == "isomorphic" and p.finetune.distill > 0 and "taylor" in p.benchmark.methods
+    assert set(p.benchmark.scopes) == {"local", "global", "protected", "isomorphic"}
+    assert p.family_recipe().name == "vit_adamw"
+    assert stages.attention_options(p.prune) == {"head_ratio": p.prune.head_ratio}
+    assert stages.attention_options(Params().prune) == {}  # a CNN gets no attention options

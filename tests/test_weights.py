@@ -28,6 +28,7 @@ from pruning import PruneBenchError
 from pruning.detection.yolo import save_yolo
 from pruning.models import yolo
 from pruning.safeload import torch_load_safely
+from helpers import randomize_bn
 
 MODEL, SIZE = "timm/resnet10t", 16  # digits at 16x16: one epoch takes seconds
 IMGSZ = 64
@@ -173,13 +174,7 @@ def randomized_yolo(classes: int = 3):
     """yolov8n with random weights and BatchNorm statistics unlike a fresh build (so merging them is tested)."""
     torch.manual_seed(0)
     model = yolo.build_yolo("yolov8n", classes)
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    randomize_bn(model)
     return model.eval()
 
 

@@ -18,6 +18,7 @@ import yaml
 import pruning
 from pruning import PruneBenchError, detection
 from pruning.detection import yolo
+from helpers import randomize_bn
 
 IMGSZ = 64
 
@@ -30,14 +31,7 @@ def shapes(tmp_path_factory):
     return detection.load_detection_data("shapes", tmp_path_factory.mktemp("data"), imgsz=IMGSZ)
 
 
-def _randomize_bn(model):
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+
 
 
 def _head_widths(model):
@@ -51,7 +45,7 @@ def test_c2f_rewrite_gives_identical_outputs():
     from ultralytics.nn.tasks import DetectionModel
     torch.manual_seed(0)
     ref = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
-    _randomize_bn(ref)
+    randomize_bn(ref)
     split = copy.deepcopy(ref)
     assert yolo.replace_c2f(split) == 8
     assert not any(type(m) is C2f for m in split.modules())

@@ -130,14 +130,18 @@ def _one_image(b: dict, i: int) -> dict:
 # --------------------------------------------------------------------------- finetune / evaluate
 def finetune_yolo(model: nn.Module, data_yaml: Path, imgsz: int, epochs: int, work_dir: Path, *, batch: int = 16,
                   lr0: float = 0.001, seed: int = 0, warmup_epochs: float = 0) -> nn.Module:
-    """Finetune the given model object with ultralytics' DetectionTrainer; return the trained (EMA) model."""
+    """Finetune the given model object with ultralytics' DetectionTrainer; return the trained (EMA) model.
+
+    Mosaic augmentation (four images tiled into one) is ultralytics' default and stays on from 320 pixels up; on
+    small images it would shrink objects of a few pixels below what the stride-8 head can see, so it is off there.
+    """
     ultralytics_setup()
     from ultralytics.models.yolo.detect import DetectionTrainer
     # ``model`` only names the architecture for ultralytics' bookkeeping: trainer.model is replaced below
     overrides = dict(model=f"{getattr(model, 'prunebench_name', 'yolov8n')}.yaml", data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=0,
                      plots=False, val=False, project=str(Path(work_dir).resolve()), name="finetune", exist_ok=True,
                      amp=False, seed=seed, deterministic=True, optimizer="SGD", lr0=lr0, warmup_epochs=warmup_epochs,
-                     close_mosaic=0, verbose=False, pretrained=False)
+                     close_mosaic=0, mosaic=1.0 if imgsz >= 320 else 0.0, verbose=False, pretrained=False)
     trainer = DetectionTrainer(overrides=overrides)
     drop_integration_callbacks(trainer)
     _reset_cached_state(model)

@@ -55,6 +55,12 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, input_size: int
     ``kwargs`` go to the family's builder (for ``timm/<name>``: to ``timm.create_model``, e.g. ``patch_size=4``); a
     builder that takes none refuses them in one line naming them.
     """
+    model = _build(name, num_classes, in_chans, input_size, kwargs)
+    model.prunebench_kwargs = dict(kwargs)  # checkpoints record them: a reload rebuilds the same geometry
+    return model
+
+
+def _build(name: str, num_classes: int, in_chans: int, input_size: int, kwargs: dict) -> nn.Module:
     for prefix, (_, build) in _FAMILIES.items():
         if name.startswith(prefix):
             return build(name[len(prefix):], num_classes, in_chans, input_size, **kwargs)

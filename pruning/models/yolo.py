@@ -136,13 +136,18 @@ class C2fSplit(nn.Module):
 def replace_c2f(model: nn.Module) -> int:
     """Swap every ultralytics ``C2f`` for :class:`C2fSplit` in place; return how many were replaced."""
     from ultralytics.nn.modules import C2f
+    return _swap(model, C2f, C2fSplit)
+
+
+def _swap(model: nn.Module, kind: type, convert) -> int:
+    """Replace every submodule of exactly type ``kind`` by ``convert(it)``, in place; return how many."""
     count = 0
     for name, child in list(model.named_children()):
-        if type(child) is C2f:
-            setattr(model, name, C2fSplit(child))
+        if type(child) is kind:
+            setattr(model, name, convert(child))
             count += 1
         else:
-            count += replace_c2f(child)
+            count += _swap(child, kind, convert)
     return count
 
 
@@ -154,14 +159,7 @@ def restore_c2f(model: nn.Module) -> int:
     key names: ``cv0`` and ``cv1`` become one ``cv1`` again, weights and BatchNorm statistics concatenated in the
     order ``C2f.forward`` chunks them, so outputs are identical.
     """
-    count = 0
-    for name, child in list(model.named_children()):
-        if type(child) is C2fSplit:
-            setattr(model, name, _merged_c2f(child))
-            count += 1
-        else:
-            count += restore_c2f(child)
-    return count
+    return _swap(model, C2fSplit, _merged_c2f)
 
 
 def _merged_c2f(split: C2fSplit) -> nn.Module:
