@@ -92,6 +92,19 @@ def test_taylor_calibrates_on_detection_loss_then_finetune_and_val(shapes, tmp_p
     assert metrics["macs"] == pruned_macs
 
 
+@pytest.mark.parametrize("name", ["yolov8s", "yolov8m"])
+def test_larger_yolos_prune_finetune_and_validate(name, shapes, tmp_path):
+    """yolov8s and yolov8m go through the same three steps (at 32 pixels: the smallest size their stride takes)."""
+    torch.manual_seed(0)
+    model = pruning.create_model(name, shapes.num_classes, 3, 32)
+    head = _head_widths(model)
+    model, report = yolo.prune_yolo(model, 32, "l2", 2.0, steps=20)
+    assert report.target_reached and _head_widths(model) == head
+    tuned = yolo.finetune_yolo(model, shapes.yaml, 32, 1, tmp_path, batch=16)
+    metrics = yolo.evaluate_yolo(tuned, shapes.yaml, 32, tmp_path, repeats=2)
+    assert metrics["macs"] == report.macs_pruned and 0.0 <= metrics["map50"] <= 1.0
+
+
 def test_shapes_dataset_is_deterministic(tmp_path, shapes):
     again = detection.make_shapes(tmp_path / "again")
     first = shapes.yaml.parent
