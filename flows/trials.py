@@ -70,6 +70,7 @@ def trial_params(ctx: SweepContext, trial: Trial, key: str) -> dict:
         "speedup_target": trial.speedup, "iterative_steps": p.prune.steps,
         "calibration_batches": p.prune.calibration_batches,
         "calibration_size": p.prune.calibration_batches * p.data.batch_size,
+        "recalibrate_bn": p.prune.recalibrate_bn, "recipe": p.family_recipe().name,
         **{f"finetune_{k}": v for k, v in p.finetune.model_dump().items()},
         **({f"sparsify_{k}": v for k, v in p.sparsify.model_dump().items()} if pair.sparsifier else {}),
         "batch_size": p.data.batch_size, "seed": p.seed, "model": p.model.name, "dataset": p.data.dataset,
