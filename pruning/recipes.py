@@ -78,31 +78,28 @@ register_recipe(FamilyRecipe(
     pretrain=Recipe(epochs=20, lr=0.1), finetune=Recipe(epochs=10, lr=0.01),
     patterns=("resnet*", "vgg*")))
 
+def _adamw(epochs: int, lr: float, warmup_epochs: int, clip_grad: float) -> Recipe:
+    """The AdamW phases the timm recipes share: wd 0.05, cosine decay, label smoothing 0.1."""
+    return Recipe(epochs=epochs, lr=lr, weight_decay=0.05, optimizer="adamw", schedule="cosine",
+                  warmup_epochs=warmup_epochs, label_smoothing=0.1, clip_grad=clip_grad)
+
+
 register_recipe(FamilyRecipe(
     "vit_adamw", "DeiT's recipe: AdamW, warm-up, cosine decay, label smoothing, gradient clipping",
-    pretrain=Recipe(epochs=60, lr=1e-3, weight_decay=0.05, optimizer="adamw", schedule="cosine", warmup_epochs=5,
-                    label_smoothing=0.1, clip_grad=1.0),
-    finetune=Recipe(epochs=10, lr=2e-4, weight_decay=0.05, optimizer="adamw", schedule="cosine", warmup_epochs=1,
-                    label_smoothing=0.1, clip_grad=1.0),
+    pretrain=_adamw(60, 1e-3, 5, 1.0), finetune=_adamw(10, 2e-4, 1, 1.0),
     patterns=("timm/vit_*", "timm/deit*", "timm/deit3*", "timm/*_vit_*", "timm/eva*", "timm/beit*"),
     flip=False))
 
 register_recipe(FamilyRecipe(
     "convnext_adamw", "ConvNeXt's recipe: AdamW, warm-up, cosine decay, label smoothing",
-    pretrain=Recipe(epochs=30, lr=2e-3, weight_decay=0.05, optimizer="adamw", schedule="cosine", warmup_epochs=3,
-                    label_smoothing=0.1, clip_grad=5.0),
-    finetune=Recipe(epochs=10, lr=4e-4, weight_decay=0.05, optimizer="adamw", schedule="cosine", warmup_epochs=1,
-                    label_smoothing=0.1, clip_grad=5.0),
+    pretrain=_adamw(30, 2e-3, 3, 5.0), finetune=_adamw(10, 4e-4, 1, 5.0),
     patterns=("timm/convnext*", "timm/convnextv2*"), flip=False))
 
 # From scratch on digits, EfficientNet-B0 was at 46% after 20 of 30 epochs with SGD (lr 0.1, warm-up, cosine) and
 # at 90% after 9 with ConvNeXt's AdamW settings, which also suit MobileNetV3 (benchmarks/family_targets.py)
 register_recipe(FamilyRecipe(
     "mobile_cnn", "mobile CNNs: AdamW, warm-up, cosine decay, label smoothing (ConvNeXt's settings)",
-    pretrain=Recipe(epochs=30, lr=2e-3, weight_decay=0.05, optimizer="adamw", schedule="cosine", warmup_epochs=3,
-                    label_smoothing=0.1, clip_grad=5.0),
-    finetune=Recipe(epochs=10, lr=4e-4, weight_decay=0.05, optimizer="adamw", schedule="cosine", warmup_epochs=1,
-                    label_smoothing=0.1, clip_grad=5.0),
+    pretrain=_adamw(30, 2e-3, 3, 5.0), finetune=_adamw(10, 4e-4, 1, 5.0),
     patterns=("timm/mobilenet*", "timm/efficientnet*", "timm/tf_efficientnet*", "timm/regnet*",
               "timm/mnasnet*", "timm/ghostnet*", "timm/lcnet*"), flip=False))
 
