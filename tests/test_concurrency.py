@@ -94,4 +94,5 @@ def test_trials_on_threads_give_the_sequential_results(baseline):
     with ThreadPoolExecutor(len(METHODS)) as pool:
         threaded = dict(zip(METHODS, pool.map(side_by_side, METHODS)))
     assert threaded == sequential
-    assert len({r["acc_finetuned"] for r in sequential.values()}) > 1  # real, different trials
+    # real, different trials (their accuracies may all sit at chance after so little training; their losses differ)
+    assert len({r["finetune_history"][0]["loss"] for r in sequential.values()}) == len(METHODS)
