@@ -61,7 +61,10 @@ def claim_table(summary: dict) -> list[dict]:
         if cell["status"] != "ok":
             rows.append({"scope": scope, "speedup_target": speedup, "status": "failed", "error": cell["error"]})
             continue
+        pruned = [t["acc_pruned"] for t in summary["trials"] if t["method"] == method and t["scope"] == scope
+                  and t.get("speedup_target") == speedup and t.get("acc_pruned") is not None]
         row = {"scope": scope, "speedup_target": speedup, "seeds": cell["seeds"], "acc_mean": cell["acc_mean"],
+               "acc_pruned_mean": sum(pruned) / len(pruned) if pruned else None,
                "acc_lo": cell["acc_lo"], "acc_hi": cell["acc_hi"], "speedup": cell["speedup"],
                "params_kept": cell["params_kept"]}
         iso = cells.get((method, "isomorphic", speedup))
@@ -73,15 +76,17 @@ def claim_table(summary: dict) -> list[dict]:
 
 def markdown(model: str, result: dict) -> str:
     lines = [f"\n{model} (dense {result['acc_dense']:.2f}%, {result['seconds_wall'] / 60:.0f} min)",
-             "| speedup | scope | test acc, mean [95% CI] | MACs speedup | params kept | isomorphic − this [95% CI], p |",
-             "|---|---|---|---|---|---|"]
+             "| speedup | scope | before finetuning | test acc, mean [95% CI] | MACs speedup | params kept | "
+             "isomorphic − this [95% CI], p |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if r.get("status") == "failed":
-            lines.append(f"| {r['speedup_target']:g}x | {r['scope']} | failed: {r['error']} | | | |")
+            lines.append(f"| {r['speedup_target']:g}x | {r['scope']} | failed: {r['error']} | | | | |")
             continue
         d = r.get("isomorphic_minus_this")
         diff = f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}], p={d['p']:.3f}" if d else "—"
-        lines.append(f"| {r['speedup_target']:g}x | {r['scope']} | {r['acc_mean']:.2f} [{r['acc_lo']:.2f}, "
+        before = "—" if r["acc_pruned_mean"] is None else f"{r['acc_pruned_mean']:.2f}"
+        lines.append(f"| {r['speedup_target']:g}x | {r['scope']} | {before} | {r['acc_mean']:.2f} [{r['acc_lo']:.2f}, "
                      f"{r['acc_hi']:.2f}] ({r['seeds']} seeds) | {r['speedup']:.2f} | {r['params_kept']:.2f} | {diff} |")
     return "\n".join(lines)
 

@@ -16,11 +16,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .errors import PruneBenchError, first_line, mismatch_reason
+from .errors import PruneBenchError, first_line
 from .fileio import write_bytes
 from .family import fix_attention, graph
 from .models import create_model
 from .safeload import torch_load_safely
+from .statedict import load_state
 
 FORMAT = "prunebench-checkpoint/1"
 
@@ -102,41 +103,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike, name: Optional[str] 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PruneBenchError(f"{path} holds no state dict (a mapping of names to tensors)")
     return load_state(model, state, f"cannot load weights from {path}" + (f" into {name}" if name else ""))
-
-
-def load_state(model: nn.Module, state: dict, context: str) -> nn.Module:
-    """``load_state_dict(strict=True)``, but a mismatch is one line: ``<context>: first mismatch: <the key>``.
-
-    torch lists every missing and unexpected key, then every shape, in one long message that a one-line error has to
-    cut; the first mismatched key in the model's order (and how many there are) is what tells a user which file or
-    class count is wrong.
-    """
-    problems = state_mismatches(model.state_dict(), state)
-    if problems:
-        more = f" ({len(problems)} mismatched keys in all)" if len(problems) > 1 else ""
-        raise PruneBenchError(f"{context}: first mismatch: {problems[0]}{more}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:  # what the keys and shapes cannot show (a module's own loading rules)
-        raise PruneBenchError(f"{context}: {mismatch_reason(e)}") from None
-    return model
-
-
-def state_mismatches(expected: dict, found: dict) -> list[str]:
-    """Every key where ``found`` (a file's tensors) does not fit ``expected`` (the model's state dict): the model's
-    keys in its order (missing, or another shape), then the file's keys the model lacks, in the file's order."""
-    problems = []
-    for key, tensor in expected.items():
-        if key not in found:
-            problems.append(f"{key} is missing from the file")
-        elif tuple(found[key].shape) != tuple(tensor.shape):
-            problems.append(f"{key} has shape {_shape(found[key])} in the file, {_shape(tensor)} in the model")
-    problems.extend(f"{key} is in the file but not in the model" for key in found if key not in expected)
-    return problems
-
-
-def _shape(tensor: torch.Tensor) -> str:
-    return "(" + ", ".join(map(str, tensor.shape)) + ")"
 
 
 def _read_safetensors(path: Path) -> dict:

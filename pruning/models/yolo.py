@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import PruneBenchError
 from ..modes import quiet_stdout
 from ..safeload import load_npy, torch_load_safely
+from ..statedict import load_state
 from .registry import register_model
 
 YOLO_MODELS = ("yolov8n", "yolov8s", "yolov8m")
@@ -224,7 +225,6 @@ def load_ultralytics_weights(model: nn.Module, path: str | os.PathLike) -> nn.Mo
     ckpt = torch_load_safely(path, ultralytics_globals(), kind="an ultralytics YOLOv8 detection checkpoint")
     source = _checkpoint_model(ckpt, path).float()
     replace_c2f(source)
-    from ..checkpoint import load_state  # here: pruning.checkpoint imports the model registry, which imports this
     target = f"{getattr(model, 'prunebench_name', 'the model')} with {int(detect_head(model).nc)} classes"
     return load_state(model, source.state_dict(), f"cannot load YOLO weights from {path} into {target}")
 
