@@ -9,7 +9,7 @@ VENV_STAMP := .venv/.installed
 $(VENV_STAMP): pyproject.toml constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,onnx]'
 	touch $(VENV_STAMP)
 
 install: $(VENV_STAMP)

@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import yaml  # noqa: E402
-
 from flows import leaderboard  # noqa: E402
-from tests.helpers import BIN, make_project  # noqa: E402
+from tests.helpers import benchmark_in_copy  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "isomorphic_claim.json"
 MODELS = {  # model -> what the isomorphic profile's model and prune sections become
@@ -38,20 +34,11 @@ SCOPES = ("local", "global", "protected", "isomorphic")
 
 
 def run_benchmark(model: str, seeds: list, tmp: Path) -> dict:
-    proj, env = make_project(tmp, profile="isomorphic")
-    params = yaml.safe_load((proj / "params.yaml").read_text())
-    profile = params["profiles"]["isomorphic"]
-    profile["model"], prune = MODELS[model]
-    profile["prune"] = {**profile["prune"], **prune}
-    profile["benchmark"] = {**profile["benchmark"], "seeds": seeds}
-    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    start = time.perf_counter()
-    proc = subprocess.run([str(BIN / "prunebench"), "benchmark"], cwd=proj, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"benchmark failed for {model}: {proc.stderr.strip().splitlines()[-1:]}")
-    summary = json.loads((proj / "reports" / "benchmark.json").read_text())
-    summary["seconds_wall"] = time.perf_counter() - start
-    return summary
+    def edit(profile: dict) -> None:
+        profile["model"], prune = MODELS[model]
+        profile["prune"] = {**profile["prune"], **prune}
+        profile["benchmark"] = {**profile["benchmark"], "seeds": seeds}
+    return benchmark_in_copy(tmp, "isomorphic", edit)
 
 
 def claim_table(summary: dict) -> list[dict]:

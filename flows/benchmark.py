@@ -23,6 +23,7 @@ from . import leaderboard, progress, stages
 from .config import Params
 from .engine import FLOW, flow
 from .keys import make_key
+from .leaderboard import METRIC_ACCURACY, METRIC_DETECTION
 from .layout import DENSE_PATH, RESULTS_PATH, TRIALS_DIR, dataset_slug, trial_dir
 from .naming import from_params
 from .record import TrialRecord
@@ -105,7 +106,8 @@ def summarize(ctx: SweepContext, sweep: str, records: list[TrialRecord]) -> dict
     p = ctx.params
     return {"experiment_id": ctx.experiment_id, "experiment_name": ctx.experiment_name,
             "parent_run_id": ctx.parent_run_id, "tracking_uri": ctx.tracking_uri, "sweep_key": sweep,
-            "dataset": p.data.dataset, "model": p.model.name, "data_version": ctx.data["digest"],
+            "dataset": p.data.dataset, "model": p.model.name, "task": "detect" if p.is_detection else "classify",
+            "metric": METRIC_DETECTION if p.is_detection else METRIC_ACCURACY, "data_version": ctx.data["digest"],
             "git_rev": ctx.tags["git_rev"], "acc_dense": acc_dense(ctx), "dense": dict(ctx.dense_eval),
             "dense_by_seed": {str(s): b["dense_eval"] for s, b in ctx.seed_baselines.items()},
             "speedups": p.benchmark.speedups, "scopes": p.benchmark.scopes, "methods": p.benchmark.methods,
@@ -128,13 +130,12 @@ def recipe(ctx: SweepContext) -> dict:
 
 def run_trials(ctx: SweepContext, trials: list[Trial]) -> list[TrialRecord]:
     """Every trial, a method's trials in order (they share its sparse training); methods side by side when
-    ``benchmark.concurrency`` > 1 or on Dask."""
-    b = ctx.params.benchmark
+    ``benchmark.concurrency`` > 1 or on Dask (see :func:`side_by_side`)."""
     progress.current().sweep_start(len(trials))
     by_method: dict = {}
     for t in trials:
         by_method.setdefault(t.method, []).append(t)
-    if not (b.concurrency > 1 or b.dask_address):
+    if not side_by_side(ctx.params):
         return [run_trial(ctx, t) for ts in by_method.values() for t in ts]
     futures = [method_trials_task.submit(ctx, m, ts) for m, ts in by_method.items()]
     records = []
@@ -162,7 +163,11 @@ def finish_parent(ctx: SweepContext, summary: dict, results_path: str, records: 
                 tracker.log_artifact(parent, path, "leaderboard")
     tracker.log_metrics(parent, leaderboard.flat_metrics(board))
     try:
-        register_best_models(ctx, records)
+        if ctx.params.is_detection:  # an MLflow pytorch flavour of a YOLO model needs ultralytics to load anyway
+            progress.current().message("model registration: classification models only (each YOLO trial's run "
+                                       "holds its checkpoint)")
+        else:
+            register_best_models(ctx, records)
     except Exception as e:  # the results stand without the registry; say why
         progress.current().message(f"model registration skipped: {type(e).__name__}: {e}")
     tracker.finish(parent, "FINISHED" if failed < len(records) else "FAILED")
@@ -212,11 +217,22 @@ def warm_up(uri: Optional[str] = None) -> None:
     t.join()
 
 
+def side_by_side(params: Params) -> bool:
+    """Whether methods run side by side: asked for, and no latency target (it is timed on this machine, and a
+    trial training beside it would slow what it times)."""
+    b = params.benchmark
+    return (b.concurrency > 1 or bool(b.dask_address)) and params.prune.target != "latency"
+
+
 def run_benchmark(params: Params, **paths) -> dict:
     """The benchmark flow on the task runner ``benchmark.concurrency`` / ``benchmark.dask_address`` ask for."""
     flow_fn = benchmark_flow
     b = params.benchmark
-    if b.dask_address:
+    if not side_by_side(params):
+        if b.concurrency > 1 or b.dask_address:
+            progress.current().message("latency target: trials run one at a time (benchmark.concurrency and "
+                                       "dask_address are not used)")
+    elif b.dask_address:
         from prefect_dask import DaskTaskRunner
         runner = DaskTaskRunner(cluster_kwargs={"n_workers": b.concurrency, "threads_per_worker": 1}) \
             if b.dask_address == "local" else DaskTaskRunner(address=b.dask_address)

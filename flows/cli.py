@@ -166,7 +166,14 @@ def prune(
     input_size: Optional[int] = typer.Option(None, "--input-size", min=4, show_default=default_from("data.input_size"),
                                              help="image side in pixels (default: the dataset's own; digits 8)"),
     method: str = typer.Option(..., "--method", help="a criterion, or criterion+sparsifier (see `prunebench methods`)"),
-    speedup: float = typer.Option(..., "--speedup", help="target dense MACs / pruned MACs (> 1)"),
+    speedup: float = typer.Option(..., "--speedup", help="dense / pruned (> 1) of the --target: MACs by default"),
+    target: Optional[str] = typer.Option(None, "--target", show_default=default_from("prune.target"),
+                                         help="macs | params | latency (measured here, at --latency-batch)"),
+    round_to: Optional[int] = typer.Option(None, "--round-to", min=1, show_default=default_from("prune.round_to"),
+                                           help="keep every pruned width a multiple of this many channels"),
+    latency_batch: Optional[int] = typer.Option(None, "--latency-batch", min=1,
+                                                show_default=default_from("prune.latency_batch"),
+                                                help="batch size a latency target is measured at"),
     scope: Optional[str] = typer.Option(None, "--scope", show_default=default_from("prune.scope"),
                                         help="local | global | protected | isomorphic"),
     model_kwargs: Optional[str] = typer.Option(None, "--model-kwargs", show_default=default_from("model.kwargs"),
@@ -186,11 +193,13 @@ def prune(
     params_file: Optional[Path] = PARAMS,
     profile: Optional[str] = PROFILE,
 ):
-    """Prune one model to a MACs speedup target and report accuracy, MACs, params and latency."""
+    """Prune one model to a speedup target (MACs, params or measured latency) and report accuracy, MACs, params
+    and latency."""
     overrides = {"data": {k: v for k, v in {"dataset": dataset, "input_size": input_size}.items() if v},
                  "model": {k: v for k, v in {"name": model, "recipe": recipe,
                                              "kwargs": parse_model_kwargs(model_kwargs)}.items() if v is not None},
-                 "prune": {k: v for k, v in {"scope": scope, "recalibrate_bn": recalibrate_bn}.items()
+                 "prune": {k: v for k, v in {"scope": scope, "recalibrate_bn": recalibrate_bn, "target": target,
+                                             "round_to": round_to, "latency_batch": latency_batch}.items()
                            if v is not None},
                  "finetune": {"distill": distill} if distill is not None else {}}
     params = load(params_file, profile, overrides)
@@ -200,7 +209,7 @@ def prune(
     pruning.resolve(method)
     pruning.check_prune_args(speedup, params.prune.scope, params.prune.protect, params.prune.steps)
     from . import stages
-    if stages.is_detection(params):  # YOLO on a detection dataset: ultralytics trainer and validator
+    if params.is_detection:  # YOLO on a detection dataset: ultralytics trainer and validator
         if checkpoint is not None and not checkpoint.is_file():
             fail(f"checkpoint {checkpoint} does not exist")
         out = out or Path("models") / f"pruned-{params.model.name}-{method}-{speedup:g}x.pt"
@@ -210,6 +219,7 @@ def prune(
         typer.echo(json.dumps(record.to_dict(), default=float)) if as_json else show_result(record.to_dict())
         return
     stages.preflight(params)  # input size and a trial prune, before any training
+    stages.check_reachable(params, speedup)
     if checkpoint is None:
         typer.echo(f"dense baseline: {params.model.name} on {params.data.dataset} (cached after the first run)", err=True)
         with reporting() as reporter:
@@ -327,13 +337,36 @@ def pretrain(out: Path = typer.Option(Path("models/dense.pt"), "--out", help="wh
 
 @app.command()
 @guarded
-def export(checkpoint: Path = typer.Option(..., "--checkpoint", help="a dense prunebench checkpoint, e.g. models/dense.pt"),
+def export(checkpoint: Path = typer.Option(..., "--checkpoint", help="a prunebench checkpoint, e.g. models/dense.pt"),
            out: Path = typer.Option(..., "--out", help="weights.safetensors or weights.pth (the model's own key names: "
-                                                       "timm's for timm/<name>); an ultralytics .pt for YOLO")):
-    """Export a dense checkpoint's weights for other tools (and for model.checkpoint): .safetensors, .pth, or .pt."""
-    from pruning.export import export_weights
+                                                       "timm's for timm/<name>); an ultralytics .pt for YOLO; "
+                                                       "model.onnx (dense or pruned) for deployment")):
+    """Export a checkpoint for other tools: a dense model's weights (.safetensors, .pth, or .pt for YOLO, which
+    model.checkpoint reads back), or any model as ONNX, timed in ONNX Runtime beside PyTorch when it is installed."""
+    from pruning.export import ONNX_SUFFIX, export_weights
     path = export_weights(checkpoint, out)
-    typer.echo(f"weights: {path}", err=True)
+    typer.echo(f"{'model' if path.suffix == ONNX_SUFFIX else 'weights'}: {path}", err=True)
+    if path.suffix == ONNX_SUFFIX:
+        typer.echo(runtime_latencies(checkpoint, path), err=True)
+
+
+def runtime_latencies(checkpoint: Path, onnx_path: Path) -> str:
+    """Batch-1 latency of the checkpoint in PyTorch and of its ONNX export in ONNX Runtime, at the same threads."""
+    import importlib.util
+
+    import torch
+
+    import pruning
+    from pruning import latency
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "ONNX Runtime is not installed (pip install 'prunebench[onnx]'): no runtime latency measured"
+    model, meta = pruning.load_checkpoint(checkpoint)
+    images = torch.randn(1, meta["in_chans"], meta["input_size"], meta["input_size"])
+    torch_time = latency.measure(model, images)
+    ort_time = latency.measure(onnx_path, images, threads=torch_time.threads)
+    return (f"latency at batch 1, {torch_time.threads} threads (median of {torch_time.repeats}): PyTorch "
+            f"{torch_time.median * 1e3:.2f} ms, ONNX Runtime {ort_time.median * 1e3:.2f} ms")
+
 
 
 @app.command()
@@ -342,7 +375,12 @@ def benchmark(
     methods: Optional[List[str]] = typer.Option(None, "--methods", show_default=default_from("benchmark.methods"),
                                                 help="methods to run (repeat or comma-separate)"),
     speedups: Optional[List[str]] = typer.Option(None, "--speedups", show_default=default_from("benchmark.speedups"),
-                                                 help="MACs speedup targets, e.g. 2,4"),
+                                                 help="speedup targets of the --target, e.g. 2,4"),
+    target: Optional[str] = typer.Option(None, "--target", show_default=default_from("prune.target"),
+                                         help="macs | params | latency: rank methods at equal MACs or at equal "
+                                              "measured latency"),
+    round_to: Optional[int] = typer.Option(None, "--round-to", min=1, show_default=default_from("prune.round_to"),
+                                           help="keep every pruned width a multiple of this many channels"),
     scopes: Optional[List[str]] = typer.Option(None, "--scope", "--scopes", show_default=default_from("benchmark.scopes"),
                                                help="local | global | protected | isomorphic"),
     seeds: Optional[List[str]] = typer.Option(None, "--seeds", show_default=default_from("benchmark.seeds"),
@@ -376,7 +414,8 @@ def benchmark(
         bench["concurrency"] = concurrency
     if dask:
         bench["dask_address"] = dask
-    params = load(params_file, profile, {"benchmark": bench})
+    prune_overrides = {k: v for k, v in {"target": target, "round_to": round_to}.items() if v is not None}
+    params = load(params_file, profile, {"benchmark": bench, "prune": prune_overrides})
     if tracking_from is not None:
         params = params.model_copy(update={"tracking": load(tracking_from, None).tracking})
     from . import leaderboard as lb
@@ -386,6 +425,7 @@ def benchmark(
     from .report import leaderboard_flow
     from .tracking import tracking_uri
     stages.preflight(params)
+    stages.check_reachable(params, max(params.benchmark.speedups))
     summary = run_flow(run_benchmark, tracking_uri(params.tracking.mlflow_uri), params)
     board = leaderboard_flow() if write_leaderboard else None
     lb.print_table(summary, board)

@@ -14,7 +14,7 @@ from pruning.errors import PruneBenchError, one_line
 from pruning.methods import resolve
 from pruning.models import create_model, is_known_model, list_models
 from pruning.recipes import FamilyRecipe, list_recipes, recipe_for
-from pruning.steps import SCOPES, check_prune_args
+from pruning.steps import SCOPES, TARGETS, check_prune_args
 from pruning.train import OPTIMIZERS, SCHEDULES, Recipe
 
 
@@ -116,16 +116,27 @@ class PruneParams(_Section):
     recalibrate_bn: int = Field(0, ge=0)  # training batches that re-estimate BatchNorm statistics after pruning
     head_ratio: float = Field(0.0, ge=0, lt=1)               # attention: fraction of whole heads removed
     head_dim_ratio: Optional[float] = Field(None, ge=0, lt=1)  # None: head dims ranked in the scope
+    target: str = "macs"           # what a speedup divides: macs (the paper's) | params | latency (measured)
+    round_to: Optional[int] = Field(None, ge=1)  # keep pruned widths a multiple of this (None: any width)
+    latency_batch: int = Field(1, ge=1)          # the batch a latency target is measured at
 
     @field_validator("scope")
     @classmethod
     def known_scope(cls, v):
         return _scope(v)
 
+    @field_validator("target")
+    @classmethod
+    def known_target(cls, v):
+        if v not in TARGETS:
+            raise ValueError(f"unknown target {v!r}; choose one of: {', '.join(TARGETS)}")
+        return v
+
 
 class EvaluateParams(_Section):
     latency_batch: int = Field(32, ge=1)
     latency_repeats: int = Field(20, ge=1)
+    threads: Optional[int] = Field(None, ge=1)  # intra-op threads every latency is timed at (None: the process's)
 
 
 DENSE_MODES = ("shared", "per_seed")
@@ -312,6 +323,13 @@ class Params(_Section):
 
     def family_recipe(self) -> FamilyRecipe:
         return recipe_for(self.model.name, self.model.recipe)
+
+    @property
+    def is_detection(self) -> bool:
+        """A YOLO model or a detection dataset: trials run through ultralytics' trainer and validator."""
+        from pruning.detection import is_detection_dataset
+        from pruning.models.yolo import is_yolo
+        return is_yolo(self.model.name) or is_detection_dataset(self.data.dataset)
 
 
 def _methods(names: list) -> list:

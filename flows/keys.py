@@ -40,11 +40,11 @@ def file_digest(path: str | Path) -> str:
     return _DIGESTS[memo]
 
 
-def dir_digest(path: str | Path) -> str:
-    """sha256 over a folder's files: their relative paths and contents."""
+def dir_digest(path: str | Path, suffixes: Optional[tuple] = None) -> str:
+    """sha256 over a folder's files (those ending in ``suffixes``, when given): their relative paths and contents."""
     path = Path(path)
     h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+    for p in sorted(q for q in path.rglob("*") if q.is_file() and (suffixes is None or q.suffix.lower() in suffixes)):
         h.update(f"{p.relative_to(path).as_posix()}\0{file_digest(p)}\n".encode())
     return h.hexdigest()
 
@@ -70,9 +70,27 @@ def data_version(params: Params) -> dict:
     """The prepared data's content hash: in trial keys, and (its first 32 characters) the dataset digest MLflow
     shows.  Computed from the prepared files themselves, so data prepared by ``prunebench prepare`` and by
     ``dvc repro`` has one digest; DVC's own md5, when dvc.lock lists the folder, is kept beside it."""
-    path = prepared_dir(params.data.prepared_dir, params.data.dataset)
-    content = dir_digest(path)
+    if params.is_detection:
+        path = detection_folder(params)
+        content = dir_digest(path, DETECTION_FILES)
+    else:
+        path = prepared_dir(params.data.prepared_dir, params.data.dataset)
+        content = dir_digest(path)
     return {"path": path.as_posix(), "content": content, "dvc_md5": dvc_md5(path), "digest": content[:32]}
+
+
+# A detection dataset's content: its images and YOLO label files (not the label caches ultralytics writes beside
+# them, nor the yaml, which holds this machine's absolute paths).
+DETECTION_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".txt")
+
+
+def detection_folder(params: Params) -> Path:
+    """The folder holding a detection dataset's images and labels (generated first for ``shapes``)."""
+    import yaml
+
+    from pruning.detection import load_detection_data
+    data = load_detection_data(params.data.dataset, params.data.prepared_dir, params.data.input_size)
+    return Path(yaml.safe_load(data.yaml.read_text())["path"])
 
 
 @functools.lru_cache(maxsize=1)

@@ -37,6 +37,19 @@ PAIRED_RESAMPLES = 2000  # per paired comparison (about 0.1 s at 540 images); p-
 KENDALL_RESAMPLES = 999
 
 
+METRIC_ACCURACY = "test accuracy (%)"  # what acc_* hold: a classification trial's top-1 accuracy
+METRIC_DETECTION = "mAP50-95 (%)"      # ... and a detection trial's mAP50-95 on the validation images, in percent
+
+
+def metric_of(summary: dict) -> str:
+    """The headline score the summary's ``acc_*`` fields hold and its cells rank by."""
+    return summary.get("metric") or METRIC_ACCURACY
+
+
+def short_metric(summary: dict) -> str:
+    return "acc" if metric_of(summary) == METRIC_ACCURACY else metric_of(summary).split(" ")[0]
+
+
 SUMMARY_KEYS = {"model": str, "dataset": str, "acc_dense": (int, float), "trials": list}
 
 
@@ -155,10 +168,12 @@ def make_cell(method: str, scope: str, speedup: float, trials: list[dict]) -> di
                  "macs_kept": _mean([t["macs_pruned"] / t["macs_dense"] for t in ok]),
                  "speedup": _mean([t.get("speedup") for t in ok]),
                  "latency_speedup": _mean([t.get("latency_speedup") for t in ok]),
+                 "map50": _mean([t.get("map50_finetuned") for t in ok]),
+                 "seconds_total": _mean([t.get("seconds_total") for t in ok]),
                  "seconds_prune": _mean([t.get("seconds_prune") for t in ok]),
                  # sparse training runs once per method and seed, shared by its speedups
                  "seconds_sparsify": _mean([t.get("seconds_sparsify") for t in ok]),
-                 "correct": _correct(ok)})
+                 "correct": _correct(ok), "by_seed": {t.get("seed"): t["acc_finetuned"] for t in ok}})
     return cell
 
 
@@ -241,9 +256,21 @@ def _tau(x_cells: list[dict], y_cells: list[dict], x_seeds=None, y_seeds=None) -
     x, y = _per_image(x_cells, x_seeds), _per_image(y_cells, y_seeds)
     if x is not None and y is not None and x.shape == y.shape:
         return stats.kendall_interval(x, y, n_resamples=KENDALL_RESAMPLES)
-    from scipy.stats import kendalltau  # no per-image results (an old summary): the point estimate alone
-    tau = kendalltau([c["acc_mean"] for c in x_cells], [c["acc_mean"] for c in y_cells]).statistic
+    # no per-image results (detection's mAP, or an old summary): the point estimate over seed means alone
+    from scipy.stats import kendalltau
+    tau = kendalltau([_seed_mean(c, x_seeds) for c in x_cells], [_seed_mean(c, y_seeds) for c in y_cells]).statistic
     return None if tau != tau else {"tau": float(tau), "lo": None, "hi": None}
+
+
+def _seed_mean(cell: dict, seeds: Optional[list]) -> float:
+    """The cell's mean score over ``seeds`` (all of them when None)."""
+    if seeds is None:
+        return cell["acc_mean"]
+    return _mean([cell.get("by_seed", {}).get(s) for s in seeds])
+
+
+def _seeds_of(cell: dict) -> set:
+    return set(cell.get("correct") or cell.get("by_seed") or {})
 
 
 def rank_consistency(summary: dict, cells: dict) -> dict:
@@ -262,11 +289,11 @@ def rank_consistency(summary: dict, cells: dict) -> dict:
             tau = _tau([by_speedup[a][m] for m in common], [by_speedup[b][m] for m in common])
             if tau:
                 pairs[f"{scope}:{a:g}x-{b:g}x"] = tau
-        seeds = sorted({s for c in ok.values() if c["scope"] == scope for s in (c.get("correct") or {})}, key=str)
+        seeds = sorted({s for c in ok.values() if c["scope"] == scope for s in _seeds_of(c)}, key=str)
         if len(seeds) >= 2:
             first, second = seeds[:len(seeds) // 2], seeds[len(seeds) // 2:]
             for speedup, group in sorted(by_speedup.items()):
-                both = [c for c in group.values() if set(seeds) <= set(c.get("correct") or {})]
+                both = [c for c in group.values() if set(seeds) <= _seeds_of(c)]
                 tau = _tau(both, both, first, second)
                 if tau:
                     halves[f"{scope}:{speedup:g}x"] = {**tau, "seeds_a": first, "seeds_b": second}
@@ -345,17 +372,28 @@ def _n_seeds(board: Board) -> int:
 def table_rows(board: Board) -> list[dict]:
     """Flat rows for display (Prefect table artifact, rich, Markdown)."""
     flat, n = [], _n_seeds(board)
+    short, detection = short_metric(board.summary), board.summary.get("task") == "detect"
     for r in board.rows:
         d = {"mean rank": r["rank"], "method": r["method"], "scope": r["scope"]}
         for s in r["speedups"]:
-            cell = r["by_speedup"].get(s)
-            d[f"acc@{s:g}x [rank]"] = _cell(cell, n)
-            d[f"Δ@{s:g}x"] = _fmt(cell.get("delta_acc") if cell else None, "+.2f")
-            d[f"params kept@{s:g}x"] = _fmt(cell.get("params_kept") if cell else None, ".1%")
+            cell = r["by_speedup"].get(s) or {}
+            d[f"{short}@{s:g}x [rank]"] = _cell(cell, n)
+            d[f"Δ@{s:g}x"] = _fmt(cell.get("delta_acc"), "+.2f")
+            if detection:
+                d[f"mAP50@{s:g}x"] = _fmt(cell.get("map50"), ".3f")
+            d[f"params kept@{s:g}x"] = _fmt(cell.get("params_kept"), ".1%")
+            d[f"MACs / latency speedup@{s:g}x"] = _speedups(cell)
         d["step time (s)"] = _fmt(r["step_time"], ".2f")
         d["reg time (s)"] = _fmt(r["reg_time"], ".1f")
         flat.append(d)
     return flat
+
+
+def _speedups(c: dict) -> str:
+    """``2.01x / 1.43x``: the MACs speedup reached beside the measured batch-1 latency speedup (means over seeds)."""
+    if c.get("status") != "ok":
+        return "-"
+    return f"{_fmt(c.get('speedup'))}x / {_fmt(c.get('latency_speedup'))}x"
 
 
 def recipe_lines(summary: dict) -> list[str]:
@@ -399,13 +437,7 @@ def significance_lines(board: Board) -> list[str]:
 def markdown(board: Board) -> str:
     summary, flat = board.summary, table_rows(board)
     lines = [f"# Leaderboard: {summary['model']} on {summary['dataset']}", "",
-             *recipe_lines(summary), "",
-             f"Dense accuracy {summary['acc_dense']:.2f}%. Each cell: finetuned test accuracy, mean over "
-             f"{_n_seeds(board)} seed(s) ± half its 95% t-interval over seeds, and [its rank at that speedup]: "
-             f"methods share a rank unless a paired permutation test over the same test images and seeds finds "
-             f"them worse than their group's leader (p < {ALPHA:g}, not corrected for multiple comparisons; the "
-             f"Friedman/Nemenyi test below is the family-wise view). Δ = change from dense; step time = pruning "
-             f"seconds, reg time = sparse-training seconds. Rows are ordered by mean rank over speedups.", ""]
+             *recipe_lines(summary), "", _legend(board), ""]
     if flat:
         cols = list(flat[0])
         lines.append("| " + " | ".join(cols) + " |")
@@ -418,6 +450,21 @@ def markdown(board: Board) -> str:
         lines += [f"- {t['method']} @ {t['speedup_target']:g}x ({t['scope']}, seed {t.get('seed')}): "
                   f"{t.get('error', '')}" for t in failed]
     return "\n".join(lines) + "\n"
+
+
+def _legend(board: Board) -> str:
+    summary, metric = board.summary, metric_of(board.summary)
+    if summary.get("task") == "detect":  # no per-image correctness to pair: ranks follow the means
+        ranking = ("[its rank at that speedup] by the mean (mAP is a dataset-level score, so no per-image paired "
+                   "test applies: read the intervals over seeds before calling two methods apart)")
+    else:
+        ranking = (f"[its rank at that speedup]: methods share a rank unless a paired permutation test over the "
+                   f"same test images and seeds finds them worse than their group's leader (p < {ALPHA:g}, not "
+                   f"corrected for multiple comparisons; the Friedman/Nemenyi test below is the family-wise view)")
+    return (f"Dense {metric} {summary['acc_dense']:.2f}. Each cell: finetuned {metric}, mean over "
+            f"{_n_seeds(board)} seed(s) ± half its 95% t-interval over seeds, and {ranking}. Δ = change from "
+            f"dense; MACs / latency speedup = dense over pruned MACs and measured batch-1 CPU latency; step time = "
+            f"pruning seconds, reg time = sparse-training seconds. Rows are ordered by mean rank over speedups.")
 
 
 def flat_metrics(board: Board) -> dict:
@@ -490,7 +537,8 @@ def _plots(board: Board, out: Path) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     summary, files = board.summary, {}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    metric = metric_of(summary)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     for i, r in enumerate(board.rows):
         pts = [(s, c) for s, c in sorted(r["by_speedup"].items()) if c["status"] == "ok"]
         if not pts:
@@ -503,9 +551,14 @@ def _plots(board: Board, out: Path) -> dict:
                          capsize=2, label=label)
         ranks = [(s, c["rank"]) for s, c in pts if "rank" in c]
         axes[1].plot([p[0] for p in ranks], [p[1] for p in ranks], "o-", label=label)
-    axes[0].axhline(summary["acc_dense"], color="k", ls=":", label="dense")
-    axes[0].set(xlabel="MACs speedup (target)", ylabel="test accuracy (%), mean and 95% interval over seeds",
-                title="accuracy vs speedup")
+        axes[2].errorbar([c["latency_speedup"] for _, c in pts], [c["acc_mean"] for _, c in pts], yerr=err,
+                         fmt="o-", capsize=2, label=label)
+    for ax in (axes[0], axes[2]):
+        ax.axhline(summary["acc_dense"], color="k", ls=":", label="dense")
+    axes[0].set(xlabel="MACs speedup (target)", ylabel=f"{metric}, mean and 95% interval over seeds",
+                title=f"{short_metric(summary)} vs MACs speedup")
+    axes[2].set(xlabel="measured latency speedup (batch 1, CPU; mean over seeds)", ylabel=metric,
+                title=f"{short_metric(summary)} vs measured latency")
     axes[1].set(xlabel="MACs speedup (target)", ylabel="tied rank (1 = best)", title="rank per speedup (ties: not "
                 "significantly different)")
     axes[1].invert_yaxis()
@@ -610,7 +663,8 @@ def print_table(summary: dict, board: Optional[Board] = None, console=None) -> N
     board = build(summary) if board is None else board
     flat = table_rows(board)
     table = Table(title=f"prunebench leaderboard: {summary['model']} on {summary['dataset']} "
-                        f"(dense {summary['acc_dense']:.2f}%)", caption="\n".join(recipe_lines(summary)))
+                        f"(dense {metric_of(summary)} {summary['acc_dense']:.2f})",
+                  caption="\n".join(recipe_lines(summary)))
     for c in (flat[0] if flat else {"rank": 0}):
         table.add_column(c, justify="left" if c in ("method", "scope") else "right")
     for d in flat:

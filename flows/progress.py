@@ -49,7 +49,8 @@ def describe(result: dict) -> str:
         return result["line"]
     if result.get("status") != "ok":
         return f"FAILED: {result.get('error')}"
-    return (f"acc {result['acc_finetuned']:.2f} (dense {result['acc_dense']:.2f}), speedup {result['speedup']:.2f}x"
+    score = "mAP50-95" if result.get("task") == "detect" else "acc"  # acc_* hold mAP50-95 (%) for detection
+    return (f"{score} {result['acc_finetuned']:.2f} (dense {result['acc_dense']:.2f}), speedup {result['speedup']:.2f}x"
             + (" [cached]" if result.get("cached") else ""))
 
 

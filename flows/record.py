@@ -19,7 +19,8 @@ TRIAL_RESAMPLES = 2000  # a trial's bootstrap (about 80 ms); its ends move by ab
 METRICS = ("acc_dense", "acc_pruned", "acc_finetuned", "macs_dense", "macs_pruned", "params_dense",
            "params_pruned", "speedup", "latency_speedup", "seconds_sparsify", "seconds_prune", "seconds_finetune",
            "seconds_evaluate", "seconds_total", "seconds_calibrate", "latency_dense_b1", "latency_pruned_b1",
-           "acc_finetuned_lo", "acc_finetuned_hi", "steps_taken", "calibration_samples", "protect", "finetune_epochs")
+           "acc_finetuned_lo", "acc_finetuned_hi", "steps_taken", "calibration_samples", "protect", "finetune_epochs",
+           "achieved")
 DETECTION = ("map50_95_dense", "map50_dense", "map50_95_pruned", "map50_pruned", "map50_95_finetuned",
              "map50_finetuned", "imgsz", "seconds_per_step")
 
@@ -36,6 +37,10 @@ class TrialRecord:
     task: str = "classify"                    # or "detect" (YOLO): mAP fields instead of accuracies
     # what pruning.prune reports
     speedup: Optional[float] = None           # dense MACs / pruned MACs, reached
+    target: str = "macs"                      # what speedup_target divides: macs | params | latency
+    achieved: Optional[float] = None          # the target's speedup reached (latency: confirmed by timing)
+    round_to: Optional[int] = None            # the channel multiple pruned widths were kept to
+    latency_check: dict = field(default_factory=dict)  # a latency target's confirming timing (pruning.latency)
     target_reached: Optional[bool] = None
     macs_dense: Optional[int] = None
     macs_pruned: Optional[int] = None
@@ -60,6 +65,8 @@ class TrialRecord:
     latency_speedup: Optional[float] = None   # batch 1
     latency_batch: Optional[int] = None
     latency_speedup_batch: Optional[float] = None
+    latency_speedup_range: Optional[list] = None  # batch 1: min and max over the interleaved timing rounds
+    latency_threads: Optional[int] = None
     # wall seconds per step
     seconds_sparsify: float = 0.0
     seconds_calibrate: float = 0.0
@@ -101,7 +108,6 @@ class TrialRecord:
         correct = final.get("correct")
         lo, hi = bootstrap_interval([c == "1" for c in correct], n_resamples=TRIAL_RESAMPLES) if correct \
             else (None, None)
-        key = f"latency_b{latency_batch}"
         seconds = {"seconds_sparsify": sparsify.get("seconds_sparsify", 0.0),
                    "seconds_prune": prune["seconds_prune"], "seconds_finetune": finetune.get("seconds_finetune", 0.0),
                    "seconds_evaluate": final["seconds_evaluate"]}
@@ -109,8 +115,8 @@ class TrialRecord:
             method=method, scope=scope, speedup_target=speedup_target, seed=seed, **_report_fields(prune),
             acc_dense=dense["acc"], acc_pruned=prune["acc_pruned"], acc_finetuned=final["acc"], acc_finetuned_lo=lo,
             acc_finetuned_hi=hi, test_correct=correct, finetune_epochs=finetune_epochs, recipe=dict(recipe or {}), latency_dense_b1=dense["latency_b1"],
-            latency_pruned_b1=final["latency_b1"], latency_speedup=dense["latency_b1"] / final["latency_b1"],
-            latency_batch=latency_batch, latency_speedup_batch=dense[key] / final[key],
+            latency_pruned_b1=final["latency_b1"], latency_batch=latency_batch, **_latency_speedups(
+                dense, final, latency_batch),
             seconds_calibrate=prune.get("seconds_calibrate", 0.0), **seconds,
             seconds_total=sum(seconds.values()), sparsify_history=sparsify.get("sparsify_history", []),
             sparsity=dict(sparsify.get("sparsity") or {}),
@@ -119,16 +125,19 @@ class TrialRecord:
     @classmethod
     def from_detection(cls, method: str, scope: str, speedup_target: float, prune: dict, dense: dict,
                        pruned: dict, final: dict, finetune_epochs: int, seconds_finetune: float,
-                       seconds_total: float, checkpoint: str, imgsz: int, **extra) -> "TrialRecord":
+                       seconds_total: float, checkpoint: str, imgsz: int, seed: Optional[int] = None,
+                       recipe: Optional[dict] = None, **extra) -> "TrialRecord":
         """A YOLO trial: ``prune`` is the report's summary, the others ``evaluate_yolo`` results (``final`` is
-        ``pruned`` when nothing was finetuned)."""
+        ``pruned`` when nothing was finetuned).  The ``acc_*`` fields hold the headline score the leaderboard
+        ranks by, mAP50-95 in percent (the summary's ``metric`` says so); the ``map*`` fields keep both mAPs."""
         return cls(
-            method=method, scope=scope, speedup_target=speedup_target, task="detect", **_report_fields(prune),
+            method=method, scope=scope, speedup_target=speedup_target, seed=seed, task="detect",
+            **_report_fields(prune), acc_dense=100.0 * dense["map50_95"], acc_pruned=100.0 * pruned["map50_95"],
+            acc_finetuned=100.0 * final["map50_95"], recipe=dict(recipe or {}),
             map50_95_dense=dense["map50_95"], map50_dense=dense["map50"], map50_95_pruned=pruned["map50_95"],
             map50_pruned=pruned["map50"], map50_95_finetuned=final["map50_95"], map50_finetuned=final["map50"],
             finetune_epochs=finetune_epochs, latency_dense_b1=dense["latency_b1"],
-            latency_pruned_b1=final["latency_b1"], latency_speedup=dense["latency_b1"] / final["latency_b1"],
-            latency_batch=8, latency_speedup_batch=dense["latency_b8"] / final["latency_b8"],
+            latency_pruned_b1=final["latency_b1"], latency_batch=8, **_latency_speedups(dense, final, 8),
             seconds_calibrate=prune.get("seconds_calibrate", 0.0), seconds_prune=prune["seconds_prune"],
             seconds_per_step=prune["seconds_prune"] / max(prune["steps_taken"], 1),
             seconds_finetune=seconds_finetune, seconds_total=seconds_total, checkpoint=checkpoint, imgsz=imgsz,
@@ -179,10 +188,23 @@ class TrialRecord:
         return {**out, **self.derived(), **{k: float(v) for k, v in self.sparsity.items()}}
 
 
-REPORT_FIELDS = ("speedup", "target_reached", "macs_dense", "macs_pruned", "params_dense", "params_pruned",
+def _latency_speedups(dense: dict, final: dict, batch: int) -> dict:
+    """Dense over pruned latency at batch 1 and ``batch``: the interleaved timing of the two models when the
+    evaluation made one (it names the ``latency_speedup_b*`` keys), else the ratio of their separate medians."""
+    key = f"latency_b{batch}"
+    return {"latency_speedup": final.get("latency_speedup_b1", dense["latency_b1"] / final["latency_b1"]),
+            "latency_speedup_batch": final.get(f"latency_speedup_b{batch}", dense[key] / final[key]),
+            "latency_speedup_range": final.get("latency_speedup_b1_range"),
+            "latency_threads": final.get("latency_threads")}
+
+
+REPORT_FIELDS = ("speedup", "target", "achieved", "round_to", "target_reached", "macs_dense", "macs_pruned", "params_dense", "params_pruned",
                  "protect", "steps_taken", "max_steps", "calibration_samples", "warnings")
 
 
 def _report_fields(report: dict) -> dict:
     """The record's fields that :meth:`pruning.PruneReport.summary` reports."""
-    return {k: report[k] for k in REPORT_FIELDS if k in report}
+    fields = {k: report[k] for k in REPORT_FIELDS if k in report}
+    if report.get("latency"):
+        fields["latency_check"] = dict(report["latency"])
+    return fields

@@ -67,6 +67,9 @@ def augments(params: Params) -> bool:
 
 
 def augmentation(params: Params) -> str:
+    if params.is_detection:
+        return ("ultralytics' defaults (HSV, flip, translate, scale), mosaic "
+                + ("on" if input_size(params) >= 320 else "off below 320 px"))
     if not augments(params):
         return "none"
     return "random crop + flip" if params.family_recipe().flip else "random crop"
@@ -78,12 +81,13 @@ def recipe_card(params: Params, acc_dense: Optional[float] = None) -> dict:
     b, d, ft = params.benchmark, params.data, params.finetune
     return {
         "model": params.model.name, "model_kwargs": _kwargs_text(params.model.kwargs),
-        "dataset": d.dataset, "input_size": input_size_of(d.dataset, d.input_size),
+        "dataset": d.dataset, "input_size": input_size(params),
         "batch_size": d.batch_size, "augmentation": augmentation(params), "recipe": params.family_recipe().name,
         "pretrain": params.pretrain.recipe().describe(),
-        "sparsify": f"{params.sparsify.epochs} epochs, SGD lr {params.sparsify.lr:g}, reg "
+        "sparsify": "none (YOLO prunes with criteria alone)" if params.is_detection else
+                    f"{params.sparsify.epochs} epochs, SGD lr {params.sparsify.lr:g}, reg "
                     + ("per sparsifier" if params.sparsify.reg is None else f"{params.sparsify.reg:g}") + ", no wd",
-        "prune": f"{params.prune.steps} steps, protect {params.prune.protect:g}",
+        "prune": prune_text(params),
         "bn_recalibration": (f"{params.prune.recalibrate_bn} batches after pruning" if params.prune.recalibrate_bn
                              else "off"),
         "finetune": ft.recipe().describe(),
@@ -92,6 +96,24 @@ def recipe_card(params: Params, acc_dense: Optional[float] = None) -> dict:
         "seeds": ",".join(str(s) for s in b.seeds), "dense": f"{b.dense} (seed {params.seed})" if b.dense == "shared"
         else "per seed", "acc_dense": None if acc_dense is None else round(acc_dense, 2),
     }
+
+
+def prune_text(params: Params) -> str:
+    """How pruning ran: steps, protection, what the speedup divides, the channel multiple."""
+    p = params.prune
+    threads = params.evaluate.threads or "the process's"
+    target = {"macs": "MACs", "params": "params"}.get(p.target, f"latency at batch {p.latency_batch}, {threads} "
+                                                                f"threads")
+    return (f"{p.steps} steps, protect {p.protect:g}, target {target}"
+            + (f", widths rounded to {p.round_to}" if p.round_to else ""))
+
+
+def input_size(params: Params) -> int:
+    """The side of the images the model trains and is measured on (a detection dataset's image size for YOLO)."""
+    if params.is_detection:
+        from pruning.detection.data import detection_imgsz
+        return detection_imgsz(params.data.dataset, params.data.input_size)
+    return input_size_of(params.data.dataset, params.data.input_size)
 
 
 def _kwargs_text(kwargs: dict) -> str:
@@ -194,7 +216,7 @@ def prune_stage(params: Params, method: str, speedup: Optional[float], scope: st
                                   protect=p.protect if protect is None else protect,
                                   steps=p.steps if steps is None else steps, calibration_batches=p.calibration_batches,
                                   num_classes=bundle.spec.num_classes, pruning_ratio_dict=ratio_dict,
-                                  seed=params.seed, **attention_options(p))
+                                  seed=params.seed, **target_options(params), **attention_options(p))
     recalibrated = 0
     if p.recalibrate_bn:  # before acc_pruned and the finetune: both see the repaired statistics
         batches = bundle.loader("train", params.data.batch_size, shuffle=True, seed=params.seed)
@@ -205,9 +227,20 @@ def prune_stage(params: Params, method: str, speedup: Optional[float], scope: st
         summary["kept_by_group"] = {g: w / dense_widths[g] for g, w in alloc.group_widths(groups).items()}
     # no timing in the file (as for dense.pt): the bytes of pruned and finetuned checkpoints depend on the weights
     # and the recipe alone; the seconds stay in the returned result (result.json, MLflow)
-    untimed = {k: v for k, v in summary.items() if not k.startswith("seconds_")}
+    untimed = {k: v for k, v in summary.items() if not k.startswith("seconds_") and k not in MEASURED}
     _save(Path(out), model, params, bundle, {"report": untimed, "allocation": allocation})
     return {**summary, "acc_pruned": acc, "channels": report.channels}
+
+
+MEASURED = ("latency", "achieved")  # timings of this machine: in the results, not in the checkpoint's bytes
+
+
+def target_options(params: Params) -> dict:
+    """What :func:`pruning.prune` needs for the target: its kind, the channel multiple, and for latency the batch,
+    threads and the cache of layer latency tables."""
+    p = params.prune
+    return {"target": p.target, "round_to": p.round_to, "latency_batch": p.latency_batch,
+            "latency_threads": params.evaluate.threads, "latency_cache": CACHE_DIR / "latency"}
 
 
 def build_model(params: Params, spec):
@@ -274,14 +307,20 @@ def _distillation(params: Params, teacher: Optional[Path], bundle: DataBundle):
     return pruning.Distillation(dense, ft.distill, ft.temperature)
 
 
-def evaluate_stage(params: Params, checkpoint: Path) -> dict:
-    """Test accuracy, MACs, params and CPU latency (batch 1 and ``evaluate.latency_batch``) of a checkpoint."""
+def evaluate_stage(params: Params, checkpoint: Path, dense: Optional[Path] = None) -> dict:
+    """Test accuracy, MACs, params and CPU latency (batch 1 and ``evaluate.latency_batch``) of a checkpoint; with
+    ``dense``, also its latency speedups over the dense model timed in interleaved rounds (one machine state for
+    both, so the ratio does not depend on when each was measured alone)."""
     bundle = load_bundle(params)
     model, _ = _load(Path(checkpoint), params, bundle)
     start = time.perf_counter()
     e = params.evaluate
-    metrics = pruning.evaluate(model, bundle.loader("test", 256), bundle.spec.example_inputs(),
-                               latency_batch=e.latency_batch, repeats=e.latency_repeats)
+    example = bundle.spec.example_inputs()
+    metrics = pruning.evaluate(model, bundle.loader("test", 256), example,
+                               latency_batch=e.latency_batch, repeats=e.latency_repeats, threads=e.threads)
+    if dense is not None:
+        reference, _ = _load(Path(dense), params, bundle)
+        metrics.update(interleaved_speedups(params, reference, model, example, (1, e.latency_batch)))
     metrics["seconds_evaluate"] = time.perf_counter() - start
     return metrics
 
@@ -306,7 +345,7 @@ def run_trial(params: Params, method: str, speedup: float, scope: str, dense: Pa
     pruned = prune_stage(params, method, speedup, scope, work_dir / "sparse.pt", work_dir / "pruned.pt")
     epochs = params.finetune.epochs if finetune_epochs is None else finetune_epochs
     tuned = finetune_or_copy(params, work_dir / "pruned.pt", Path(out), epochs, on_epoch, teacher=Path(dense))
-    final = {**evaluate_stage(params, Path(out)), "checkpoint": str(out)}
+    final = {**evaluate_stage(params, Path(out), dense=Path(dense)), "checkpoint": str(out)}
     record = TrialRecord.from_steps(method, scope, speedup, pruned, final, dense_metrics,
                                     params.evaluate.latency_batch, tuned, sparse, epochs, seed=params.seed,
                                     recipe=recipe_card(params, dense_metrics["acc"]))
@@ -319,27 +358,37 @@ def preflight(params: Params) -> None:
     """Before any training or written file: the model takes the dataset's input size, ``model.checkpoint`` loads
     into it, and a trial prune of a copy runs (a family that cannot be pruned fails here, naming the layer type)."""
     from pruning.preflight import check_input_size, check_prunable
-    from pruning.models.yolo import is_yolo
-    if is_yolo(params.model.name):
-        raise pruning.PruneBenchError(f"{params.model.name} is a detection model: use a detection dataset "
-                                      f"(shapes or an ultralytics dataset .yaml)")
+    if params.is_detection:
+        detection_preflight(params)
+        return
     model, spec = untrained_model(params)
     check_input_size(model, spec.example_inputs(), params.model.name)
     if params.model.checkpoint:  # the user's weights fit (and load safely) before any data is prepared
         pruning.load_weights(model, params.model.checkpoint, params.model.name)
-    check_prunable(model, spec.example_inputs(), spec.num_classes, params.model.name)
+    check_prunable(model, spec.example_inputs(), spec.num_classes, params.model.name, params.prune.round_to)
 
 
-def is_detection(params: Params) -> bool:
-    from pruning.detection import is_detection_dataset
-    from pruning.models.yolo import is_yolo
-    return is_yolo(params.model.name) or is_detection_dataset(params.data.dataset)
+def check_reachable(params: Params, speedup: float) -> None:
+    """A latency target no allocation can reach under the scope's protection is refused before any work: the
+    untrained model with every group at its floor is timed against the dense one (weights do not change time)."""
+    p = params.prune
+    if p.target != "latency":
+        return
+    from pruning import allocation
+    model, spec = untrained_model(params)
+    protect = 0.0 if p.scope == "global" else p.protect
+    best = allocation.reachable_speedup(model, spec.example_inputs(), protect, spec.num_classes, "latency",
+                                        p.latency_batch, params.evaluate.threads)
+    if best < speedup:
+        raise pruning.PruneBenchError(
+            f"latency speedup {speedup:g}x is unreachable for {params.model.name} at batch {p.latency_batch}: with "
+            f"every layer group at the protection floor {protect:g} it runs {best:.2f}x faster than dense here; "
+            f"lower --speedup or prune.protect")
 
 
-def detection_trial(params: Params, method: str, speedup: float, scope: str, checkpoint: Optional[Path], out: Path,
-                    work_dir: Path, finetune_epochs: Optional[int] = None,
-                    cache_dir: Path = CACHE_DIR) -> TrialRecord:
-    """YOLO on a detection dataset: dense baseline -> prune -> finetune (ultralytics trainer) -> validate."""
+def detection_data(params: Params):
+    """The detection dataset these params name, at ``data.input_size`` (shapes: 64, a dataset yaml: 640), after
+    checking the model and dataset go together: a YOLO model on a detection dataset."""
     from pruning import detection
     from pruning.detection import yolo
     name = params.model.name
@@ -349,25 +398,82 @@ def detection_trial(params: Params, method: str, speedup: float, scope: str, che
     if not detection.is_detection_dataset(params.data.dataset):
         raise pruning.PruneBenchError(f"{name} is a detection model: use a detection dataset "
                                       f"(shapes or an ultralytics dataset .yaml)")
-    pair = pruning.resolve(method)
-    if pair.sparsifier is not None:
-        raise pruning.PruneBenchError(f"sparse training ({pair.sparsifier.name}) is not available for YOLO; "
-                                      f"use a criterion alone")
-    data = detection.load_detection_data(params.data.dataset, params.data.prepared_dir)
+    data = detection.load_detection_data(params.data.dataset, params.data.prepared_dir, params.data.input_size)
     yolo.check_imgsz(data.imgsz)
-    pruning.seed_everything(params.seed)
+    return data
+
+
+def detection_preflight(params: Params) -> None:
+    """Before a detection benchmark trains anything: the model and dataset go together, every method runs on
+    YOLO, and ``model.checkpoint`` loads into the model."""
+    detection_data(params)
+    from pruning.detection.yolo import check_method
+    for method in params.benchmark.methods:
+        check_method(method)
+    if params.model.checkpoint and not Path(params.model.checkpoint).is_file():
+        raise pruning.PruneBenchError(f"model.checkpoint {params.model.checkpoint} does not exist")
+
+
+def detection_baseline(params: Params, checkpoint: Optional[Path] = None, cache_dir: Path = CACHE_DIR) -> Path:
+    """The dense YOLO model as a prunebench checkpoint: ``checkpoint`` (or ``model.checkpoint``) when it is one,
+    an ultralytics ``.pt`` or timm-style weights file converted once into the cache, or a baseline trained from
+    scratch with the ``yolo`` recipe (ultralytics' own trainer), cached by its key."""
+    from pruning.detection import yolo
+    data = detection_data(params)
+    checkpoint = checkpoint or (Path(params.model.checkpoint) if params.model.checkpoint else None)
+    if checkpoint is not None and _is_prunebench(Path(checkpoint)):
+        yolo.load_yolo(checkpoint, expect_model=params.model.name, expect_classes=data.num_classes)  # it fits
+        return Path(checkpoint)
+    stem = f"dense-{params.model.name}-{data.name}-{data.imgsz}"
+    if checkpoint is not None:
+        from .keys import file_digest
+        path = Path(cache_dir) / f"{stem}-weights-{file_digest(checkpoint)[:12]}.pt"
+        if not path.is_file():
+            model = pruning.create_model(params.model.name, data.num_classes, 3, data.imgsz)
+            yolo.load_ultralytics_weights(model, checkpoint)
+            yolo.save_yolo(path, model, params.model.name, data.num_classes, data.imgsz)
+        return path
+    path = Path(cache_dir) / f"{stem}-{baseline_key(params)}.pt"
+    if not path.is_file():
+        import tempfile
+        pruning.seed_everything(params.seed)
+        model = pruning.create_model(params.model.name, data.num_classes, 3, data.imgsz)
+        with tempfile.TemporaryDirectory(prefix="prunebench-yolo-") as work:
+            model = yolo.finetune_yolo(model, data.yaml, data.imgsz, params.pretrain.epochs, Path(work),
+                                       batch=params.data.batch_size, lr0=params.pretrain.lr, seed=params.seed,
+                                       warmup_epochs=params.pretrain.warmup_epochs)  # the yolo recipe
+        yolo.save_yolo(path, model, params.model.name, data.num_classes, data.imgsz)
+    return path
+
+
+def evaluate_detection(params: Params, checkpoint: Path, work_dir: Optional[Path] = None) -> dict:
+    """mAP50-95, mAP50 and latency of a YOLO checkpoint on the dataset's validation images, and ``acc``: the
+    headline score every leaderboard ranks by, here mAP50-95 in percent."""
+    import tempfile
+
+    from pruning.detection import yolo
+    data = detection_data(params)
+    model, _ = yolo.load_yolo(checkpoint, expect_model=params.model.name, expect_classes=data.num_classes)
+    with tempfile.TemporaryDirectory(prefix="prunebench-val-") as tmp:
+        metrics = yolo.evaluate_yolo(model, data.yaml, data.imgsz, Path(work_dir or tmp),
+                                     repeats=params.evaluate.latency_repeats)
+    return {**metrics, "acc": 100.0 * metrics["map50_95"]}
+
+
+def detection_trial(params: Params, method: str, speedup: float, scope: str, checkpoint: Optional[Path], out: Path,
+                    work_dir: Path, finetune_epochs: Optional[int] = None, cache_dir: Path = CACHE_DIR,
+                    dense_metrics: Optional[dict] = None, recipe: Optional[dict] = None) -> TrialRecord:
+    """YOLO on a detection dataset: dense baseline -> prune -> finetune (ultralytics trainer) -> validate.
+    ``dense_metrics`` (the dense model's :func:`evaluate_detection`) spares measuring it again."""
+    from pruning.detection import yolo
+    yolo.check_method(method)
+    data = detection_data(params)
     work_dir = Path(work_dir)
     start = time.perf_counter()
-    checkpoint = checkpoint or (Path(params.model.checkpoint) if params.model.checkpoint else None)
-    if checkpoint is not None and Path(checkpoint).suffix == ".pt" and _is_prunebench(Path(checkpoint)):
-        model, _ = yolo.load_yolo(checkpoint, expect_model=name, expect_classes=data.num_classes)
-    else:
-        model = pruning.create_model(name, data.num_classes, 3, data.imgsz)
-        if checkpoint is not None:
-            yolo.load_ultralytics_weights(model, checkpoint)
-        else:  # a cached dense baseline trained from scratch through ultralytics' trainer
-            model = _yolo_baseline(params, model, data, cache_dir, work_dir)
-    dense = yolo.evaluate_yolo(model, data.yaml, data.imgsz, work_dir, repeats=params.evaluate.latency_repeats)
+    dense_path = detection_baseline(params, checkpoint, cache_dir)
+    dense = dense_metrics or evaluate_detection(params, dense_path, work_dir)
+    pruning.seed_everything(params.seed)
+    model, _ = yolo.load_yolo(dense_path, expect_model=params.model.name, expect_classes=data.num_classes)
     p = params.prune
     model, report = yolo.prune_yolo(model, data.imgsz, method, speedup, scope, data.yaml, protect=p.protect,
                                     steps=p.steps, calibration_batches=p.calibration_batches,
@@ -384,10 +490,31 @@ def detection_trial(params: Params, method: str, speedup: float, scope: str, che
         final = yolo.evaluate_yolo(model, data.yaml, data.imgsz, work_dir, repeats=params.evaluate.latency_repeats)
     else:
         final = pruned
-    yolo.save_yolo(out, model, name, data.num_classes, data.imgsz, {"report": report.summary()})
+    dense_model, _ = yolo.load_yolo(dense_path, expect_model=params.model.name, expect_classes=data.num_classes)
+    final = {**final, **interleaved_speedups(params, dense_model, model, torch_example(data.imgsz), (1, 8))}
+    yolo.save_yolo(out, model, params.model.name, data.num_classes, data.imgsz, {"report": report.summary()})
     return TrialRecord.from_detection(method, scope, speedup, report.summary(), dense, pruned, final, epochs,
                                       seconds_finetune, time.perf_counter() - start, str(out), data.imgsz,
+                                      seed=params.seed, recipe=recipe or recipe_card(params, dense["acc"]),
                                       dataset=data.name)
+
+
+def torch_example(imgsz: int):
+    import torch
+    return torch.randn(1, 3, imgsz, imgsz)
+
+
+def interleaved_speedups(params: Params, dense, model, example, batches) -> dict:
+    """``latency_speedup_b<batch>`` (and its range over rounds) of ``model`` over ``dense``, timed in interleaved
+    rounds in this process: one machine state and one thread count for both."""
+    from pruning.latency import batch_of, compare
+    e, found = params.evaluate, {}
+    for batch in batches:
+        check = compare(dense, model, batch_of(example, batch), rounds=5,
+                        repeats=max(2, e.latency_repeats // (2 if batch == 1 else 8)), threads=e.threads)
+        found.update({f"latency_speedup_b{batch}": check["speedup"],
+                      f"latency_speedup_b{batch}_range": [check["speedup_min"], check["speedup_max"]]})
+    return found
 
 
 def _is_prunebench(path: Path) -> bool:
@@ -396,15 +523,3 @@ def _is_prunebench(path: Path) -> bool:
         return True
     except pruning.PruneBenchError:
         return False
-
-
-def _yolo_baseline(params: Params, model, data, cache_dir: Path, work_dir: Path):
-    from pruning.detection import yolo
-    path = Path(cache_dir) / f"dense-{params.model.name}-{data.name}-{data.imgsz}-{baseline_key(params)}.pt"
-    if path.is_file():
-        return yolo.load_yolo(path, expect_model=params.model.name, expect_classes=data.num_classes)[0]
-    model = yolo.finetune_yolo(model, data.yaml, data.imgsz, params.pretrain.epochs, work_dir,
-                               batch=params.data.batch_size, lr0=params.pretrain.lr, seed=params.seed,
-                               warmup_epochs=params.pretrain.warmup_epochs)  # the yolo recipe: ultralytics' own
-    yolo.save_yolo(path, model, params.model.name, data.num_classes, data.imgsz)
-    return model

@@ -12,9 +12,9 @@ import pruning
 from . import progress
 from .config import Params
 from .engine import flow_run_id
-from .keys import code_version, data_version, dense_eval_key, file_digest, baseline_key
+from .keys import baseline_key, code_version, data_version, dense_eval_key, detection_folder, file_digest
 from .layout import DENSE_PATH, TRIALS_DIR, dataset_slug, dense_eval_path, prepared_dir
-from .stages import is_prepared, recipe_card
+from .stages import detection_baseline, is_prepared, recipe_card
 from .tasks import evaluate_dense_task, prepare_task, pretrain_task
 from .tracking import Tracker, experiment_name, source_tags, tracker_for, tracking_uri
 
@@ -84,6 +84,8 @@ def uri_of(params: Optional[Params]) -> str:
 
 
 def ensure_prepared(params: Params) -> Path:
+    if params.is_detection:  # a detection dataset is read where it lies (shapes: generated on first use)
+        return detection_folder(params)
     path = prepared_dir(params.data.prepared_dir, params.data.dataset)
     if not is_prepared(params):
         prepare_task(params)
@@ -101,6 +103,8 @@ def dense_for(params: Params, dense_path: Path = DENSE_PATH) -> Optional[Path]:
 def baseline(params: Params, dense_path: Path = DENSE_PATH) -> Path:
     """The prepared data and the dense baseline: ``models/dense.pt`` when it fits these params, else a cached one."""
     ensure_prepared(params)
+    if params.is_detection:
+        return detection_baseline(params)
     dense = dense_for(params, Path(dense_path))
     if dense is None:
         progress.current().message(f"{dense_path} missing or trained with other params: using a cached baseline "

@@ -44,7 +44,8 @@ def pretrain_task(params: Params, out: Optional[str] = None) -> str:
 def evaluate_dense_task(params: Params, dense: str, out: str) -> dict:
     if Path(out).is_file():
         return fileio.read_json(Path(out))
-    metrics = stages.evaluate_stage(params, Path(dense))
+    evaluate = stages.evaluate_detection if params.is_detection else stages.evaluate_stage
+    metrics = evaluate(params, Path(dense))
     fileio.write_json(Path(out), metrics)
     return metrics
 
@@ -90,9 +91,23 @@ def finetune_task(params: Params, name: str, source: str, work: str, teacher: Op
 
 
 @task(name="evaluate", task_run_name="evaluate[{name}]", **TASK)
-def evaluate_task(params: Params, name: str, checkpoint: str, work: str) -> dict:
-    return once(work, "evaluate", lambda: {**stages.evaluate_stage(params, Path(checkpoint)),
+def evaluate_task(params: Params, name: str, checkpoint: str, work: str, dense: Optional[str] = None) -> dict:
+    """The finetuned checkpoint's evaluation; with ``dense``, latency timed against it in interleaved rounds."""
+    return once(work, "evaluate", lambda: {**stages.evaluate_stage(params, Path(checkpoint),
+                                                                   Path(dense) if dense else None),
                                            "checkpoint": checkpoint})
+
+
+@task(name="detection-trial", task_run_name="detect[{name}]", **TASK)
+def detection_trial_task(params: Params, name: str, method: str, speedup: float, scope: str, dense: str, work: str,
+                         dense_eval: dict, recipe: dict) -> dict:
+    """A YOLO trial (prune -> finetune -> validate through ultralytics' trainer and validator) as one task: its
+    record, kept in ``work`` so a rerun after a kill does not train it again."""
+    def compute():
+        record = stages.detection_trial(params, method, speedup, scope, Path(dense), Path(work) / "finetuned.pt",
+                                        Path(work), dense_metrics=dense_eval, recipe=recipe)
+        return record.to_dict()
+    return once(work, "detect", compute)
 
 
 def write_channels(work: Path, channels: list) -> None:

@@ -24,7 +24,7 @@ from .keys import sparse_key, trial_key
 from .layout import sparse_dir, trial_dir
 from .record import TrialRecord
 from .sweep import SweepContext
-from .tasks import evaluate_task, finetune_task, prune_task, sparsify_task
+from .tasks import detection_trial_task, evaluate_task, finetune_task, prune_task, sparsify_task
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def trial_params(ctx: SweepContext, trial: Trial, key: str) -> dict:
     p = ctx.params
     pair = pruning.resolve(trial.method)
     return {
-        "method": trial.method, "criterion": pair.criterion.name,
+        "task": "detect" if p.is_detection else "classify", "method": trial.method, "criterion": pair.criterion.name,
         "sparsifier": pair.sparsifier.name if pair.sparsifier else "none", "scope": trial.scope,
         "speedup_target": trial.speedup, "iterative_steps": p.prune.steps,
         "calibration_batches": p.prune.calibration_batches,
@@ -83,10 +83,15 @@ def compute(ctx: SweepContext, trial: Trial, work: Path) -> TrialRecord:
     """The trial's four tasks; each step resumes from its file in ``work``."""
     p = ctx.params
     start = time.perf_counter()
+    if p.is_detection:
+        record = TrialRecord.from_dict(detection_trial_task(p, trial.name, trial.method, trial.speedup, trial.scope,
+                                                            ctx.dense, str(work), ctx.dense_eval, ctx.recipe))
+        record.seconds_wall = time.perf_counter() - start
+        return record
     sp = sparsified(ctx, trial.method)
     pr = prune_task(p, trial.method, trial.speedup, trial.scope, sp["checkpoint"], str(work))
     ft = finetune_task(p, trial.name, pr["checkpoint"], str(work), teacher=ctx.dense)
-    ev = evaluate_task(p, trial.name, ft["checkpoint"], str(work))
+    ev = evaluate_task(p, trial.name, ft["checkpoint"], str(work), dense=ctx.dense)
     record = TrialRecord.from_steps(trial.method, trial.scope, trial.speedup, pr, ev, ctx.dense_eval,
                                     p.evaluate.latency_batch, ft, sp, p.finetune.epochs, seed=trial.seed,
                                     recipe=ctx.recipe)

@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import PruneBenchError
 from .heads import classifier_layers
+from .latency import batch_of, compare
 from .steps import prune
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
@@ -137,12 +138,19 @@ def group_widths(groups: dict[str, list[nn.Module]]) -> dict[str, int]:
 
 
 def reachable_speedup(model: nn.Module, example_inputs: torch.Tensor, protect: float,
-                      num_classes: Optional[int] = None) -> float:
-    """The largest MACs speedup any allocation can reach when every group keeps ``protect`` of its channels."""
+                      num_classes: Optional[int] = None, target: str = "macs", latency_batch: int = 1,
+                      latency_threads: Optional[int] = None) -> float:
+    """The largest speedup (in ``target``'s terms: MACs, params or measured latency at ``latency_batch``) any
+    allocation can reach when every group keeps ``protect`` of its channels."""
     probe = copy.deepcopy(model)
     groups = layer_groups(probe, num_classes, example_inputs, max_groups=1)
     # ratio 1 in every group, capped by the protection floor (a plain pruning_ratio of 1 is not capped); several
     # steps, because Torch-Pruning skips a step that would leave a layer with less than one channel
     _, report = prune(probe, example_inputs, "l1", None, "local", protect=protect, steps=10, num_classes=num_classes,
                       pruning_ratio_dict=ratio_dict(groups, {name: 1.0 for name in groups}))
+    if target == "params":
+        return report.params_dense / report.params_pruned
+    if target == "latency":
+        return compare(model, probe, batch_of(example_inputs, latency_batch), rounds=3, repeats=10,
+                       threads=latency_threads)["speedup"]
     return report.speedup

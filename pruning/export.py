@@ -10,8 +10,14 @@ world outside reads plain files instead, and ``model.checkpoint`` loads exactly 
   ultralytics loads it and prunebench reads it back through its allow-list (:func:`load_ultralytics_weights`).  The
   weights stay float32 (ultralytics' releases are fp16): a round trip gives identical outputs.
 
-Only a dense checkpoint exports: a pruned model's shapes no longer fit the architecture its name builds, so nobody
-could load the file by that name.  Files are written atomically (:mod:`pruning.fileio`).
+Only a dense checkpoint exports to these: a pruned model's shapes no longer fit the architecture its name builds, so
+nobody could load the file by that name.
+
+* ``.onnx`` for where the model will run: any classification checkpoint, dense or pruned (the graph carries its own
+  shapes), through ``torch.onnx`` with a dynamic batch axis; :func:`pruning.latency.measure_onnx` times it in ONNX
+  Runtime (the optional ``onnx`` extra).
+
+Files are written atomically (:mod:`pruning.fileio`).
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ from .models.yolo import is_yolo
 
 STATE_DICT_SUFFIXES = (".safetensors", ".pth")
 YOLO_SUFFIX = ".pt"
+ONNX_SUFFIX = ".onnx"
+ONNX_OPSET = 17
 
 
 def export_weights(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
@@ -39,11 +47,14 @@ def export_weights(checkpoint_path: str | os.PathLike, out_path: str | os.PathLi
     nothing.
     """
     source, out = Path(checkpoint_path), Path(out_path)
-    if out.suffix not in (*STATE_DICT_SUFFIXES, YOLO_SUFFIX):
-        raise PruneBenchError(f"cannot export to {out}: choose a .safetensors or .pth file (a .pt for YOLO models)")
+    if out.suffix not in (*STATE_DICT_SUFFIXES, YOLO_SUFFIX, ONNX_SUFFIX):
+        raise PruneBenchError(f"cannot export to {out}: choose a .safetensors or .pth file (a .pt for YOLO models), "
+                              f"or .onnx")
     payload = read_checkpoint(source)
     check_exportable(payload, source, out)
     model, meta = load_checkpoint(source)
+    if out.suffix == ONNX_SUFFIX:
+        return write_onnx(model, meta, out)
     if is_yolo(meta["model"]):
         return write_ultralytics(model, meta, out)
     return write_state_dict(model, meta, out)
@@ -52,6 +63,13 @@ def export_weights(checkpoint_path: str | os.PathLike, out_path: str | os.PathLi
 def check_exportable(payload: dict, source: Path, out: Path) -> None:
     """Refuse what could not be loaded back by the model's name: a pruned model, or a format of the other family."""
     name = payload["model"]
+    if out.resolve() == source.resolve():
+        raise PruneBenchError(f"exporting {source} to itself would overwrite the checkpoint: choose another --out")
+    if out.suffix == ONNX_SUFFIX:
+        if is_yolo(name):
+            raise PruneBenchError(f"{name}: ONNX export of YOLO models is ultralytics' own (`yolo export`); "
+                                  f"export it to an ultralytics .pt first")
+        return
     if payload["pruning_history"]:
         raise PruneBenchError(f"{source} holds a pruned {name}: its shapes no longer fit the {name} architecture, "
                               f"so only a dense checkpoint (pretrain's output) can be exported")
@@ -59,8 +77,25 @@ def check_exportable(payload: dict, source: Path, out: Path) -> None:
         raise PruneBenchError(f"{name} exports to an ultralytics .pt file, not {out.suffix}")
     if not is_yolo(name) and out.suffix not in STATE_DICT_SUFFIXES:
         raise PruneBenchError(f"{name} exports to a .safetensors or .pth file (a .pt is prunebench's own format)")
-    if out.resolve() == source.resolve():
-        raise PruneBenchError(f"exporting {source} to itself would overwrite the checkpoint: choose another --out")
+
+
+def write_onnx(model: nn.Module, meta: dict, out: Path) -> Path:
+    """The model as an ONNX graph (input ``images``, batch axis dynamic, output ``logits``), via ``torch.onnx``'s
+    TorchScript exporter (the dynamo one needs onnxscript, which prunebench does not install)."""
+    import tempfile
+    import warnings
+    example = torch.randn(1, meta["in_chans"], meta["input_size"], meta["input_size"])
+    model.eval()
+    with tempfile.TemporaryDirectory(prefix="prunebench-onnx-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
+        path = Path(tmp) / "model.onnx"
+        try:
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        except Exception as e:  # an operator the exporter cannot express: say which, write nothing
+            raise PruneBenchError(f"cannot export {meta['model']} to ONNX: {str(e).splitlines()[0]}") from None
+        return write_bytes(out, path.read_bytes())
 
 
 def write_state_dict(model: nn.Module, meta: dict, out: Path) -> Path:

@@ -7,8 +7,6 @@ Latency = median wall time of a no-grad forward pass on the CPU over repeats, af
 """
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Iterable
 
 import torch
@@ -25,18 +23,10 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
     return int(macs), int(params)
 
 
-@torch.no_grad()
 def measure_latency(model: nn.Module, inputs: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
-    """Median seconds per forward pass of ``inputs`` on the CPU."""
-    times = []
-    with eval_mode(model):
-        for _ in range(warmup):
-            model(inputs)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(inputs)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds per forward pass of ``inputs`` on the CPU (:func:`pruning.latency.measure` has the spread)."""
+    from .latency import measure
+    return measure(model, inputs, repeats, warmup).median
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Optional
 
 import torch
 import torch_pruning as tp
@@ -16,6 +17,7 @@ from .errors import PruneBenchError
 from .family import family_options
 from .heads import classifier_layers
 from .modes import eval_mode
+from .steps import check_round_to
 
 
 def check_input_size(model: nn.Module, example_inputs: torch.Tensor, label: str = "model") -> None:
@@ -29,10 +31,12 @@ def check_input_size(model: nn.Module, example_inputs: torch.Tensor, label: str 
 
 
 def check_prunable(model: nn.Module, example_inputs: torch.Tensor, num_classes: int,
-                   label: str = "model") -> None:
-    """Trial-prune a copy (one step, about 10% of channels, L2) and run it, before any real work.
+                   label: str = "model", round_to: Optional[int] = None) -> None:
+    """Trial-prune a copy (one step, about 10% of channels, L2, widths kept to multiples of ``round_to``) and run
+    it, before any real work.
 
-    A failure names the layer type where the pruned copy broke (or where the graph could not be built).
+    A failure names the layer type where the pruned copy broke (or where the graph could not be built), or the
+    layer narrower than ``round_to``.
     """
     trial = copy.deepcopy(model).eval()
     hooks = family_options(trial)
@@ -42,7 +46,9 @@ def check_prunable(model: nn.Module, example_inputs: torch.Tensor, num_classes: 
             warnings.simplefilter("ignore")
             pruner = tp.pruner.BasePruner(trial, example_inputs, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                           pruning_ratio=0.1, iterative_steps=1,
-                                          ignored_layers=classifier_layers(trial, num_classes), **hooks.options)
+                                          ignored_layers=classifier_layers(trial, num_classes), round_to=round_to,
+                                          **hooks.options)
+            check_round_to(pruner, round_to)
             if hooks.configure:
                 hooks.configure(pruner)
             pruner.step()

@@ -1,6 +1,7 @@
 """The paper's four steps as plain functions: sparsify -> group -> prune -> finetune, plus evaluate."""
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -16,12 +17,18 @@ from .errors import PruneBenchError, unknown_choice
 from .family import FAMILY_OPTIONS, family_options
 from .heads import ignored_layers as _ignored, num_classes as _num_classes
 from .methods import SPARSIFIER, get_method, resolve
-from .metrics import (channel_table, correct_predictions, count_macs_params, layer_widths, measure_latency,
-                      percent_correct)
+from .latency import LatencyTable, LatencyWeighted, batch_of, compare, measure
+from .metrics import channel_table, correct_predictions, count_macs_params, layer_widths, percent_correct
 from .tp_adapter import channel_groups, is_attention_group, module_names
 from .train import Distillation, Recipe, train
 
 SCOPES = ("local", "global", "protected", "isomorphic")
+TARGETS = ("macs", "params", "latency")  # what ``speedup`` divides: dense / pruned MACs, params or measured latency
+CONFIRM_ROUNDS = 5   # interleaved dense/pruned timing rounds that confirm a latency target
+CONFIRM_TRIES = 5    # times pruning resumes after a confirmation that fell short, before reporting a shortfall
+LOOP_REPEATS = 10    # timed passes per model in each latency measurement
+NEAR = 0.8           # within this share of a latency target, every step is timed (no extrapolated skipping)
+NEAR_ROUNDS = 3      # interleaved rounds that double-check a single round's claim that the target is met
 DEFAULT_PROTECT = 0.1  # PruningBench's base setting: every group keeps >= 10% of its channels
 
 
@@ -45,6 +52,10 @@ class PruneReport:
     warnings: list = field(default_factory=list)
     channels: list = field(default_factory=list)
     pruning_history: list = field(default_factory=list)
+    target: str = "macs"               # what speedup_target divides (TARGETS)
+    achieved: Optional[float] = None   # the speedup reached in the target's own terms (= speedup for macs)
+    round_to: Optional[int] = None     # channel multiple every pruned group was rounded to
+    latency: dict = field(default_factory=dict)  # target latency: the confirming interleaved timing (compare())
 
     def summary(self) -> dict:
         """The scalar fields (no per-layer table, no history)."""
@@ -95,8 +106,12 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
           speedup: Optional[float], scope: str = "protected", data: Optional[Iterable] = None, *,
           protect: float = DEFAULT_PROTECT, steps: int = 100, calibration_batches: int = 4,
           num_classes: Optional[int] = None, ignored_layers=None, pruning_ratio_dict=None,
-          round_to: Optional[int] = None, seed: int = 0, **pruner_options) -> tuple[nn.Module, PruneReport]:
-    """Prune ``model`` in place, in up to ``steps`` iterative steps, until dense MACs / pruned MACs >= ``speedup``.
+          round_to: Optional[int] = None, seed: int = 0, target: str = "macs", latency_batch: int = 1,
+          latency_threads: Optional[int] = None, latency_cache=None,
+          **pruner_options) -> tuple[nn.Module, PruneReport]:
+    """Prune ``model`` in place, in up to ``steps`` iterative steps, until dense / pruned >= ``speedup``, where
+    ``target`` says of what: ``macs`` (the paper's), ``params``, or ``latency`` (seconds per forward pass of a
+    ``latency_batch`` batch at ``latency_threads`` threads, measured on this machine).
 
     ``speedup=None`` runs all ``steps`` steps instead: each group then ends at its ``pruning_ratio_dict`` ratio
     (an absolute allocation, see :mod:`pruning.allocation`); with a target, the ratios only shape the allocation,
@@ -108,11 +123,18 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
     ``local`` (same ratio per layer), ``global``, ``protected`` (global, every group keeps >= ``protect`` of its
     channels) and ``isomorphic`` (global ranking within buckets of structurally identical groups, with protection).
     ``seed`` fixes a criterion's own random draws (the ``random`` scores).
+    ``round_to`` keeps every pruned group's width a multiple of it (channel counts the hardware's vector units
+    divide evenly; a group narrower than it is refused).
     ``head_ratio`` and ``head_dim_ratio`` control attention pruning (see :func:`pruning.family.family_options`);
     other keyword options go to Torch-Pruning's ``BasePruner`` (e.g. ``num_heads``, ``customized_pruners``).
+
+    With ``target="latency"`` the criterion's scores become importance per unit of latency saved
+    (:class:`pruning.latency.LatencyWeighted`, over a per-layer table cached in ``latency_cache``), the steps stop
+    on measured latency, and interleaved timing of the dense and pruned models confirms the target (more steps
+    are taken while it falls short); ``report.latency`` holds that confirming measurement.
     """
     importance, name, needs_data = _importance(method, model, example_inputs, num_classes, seed)
-    _validate(speedup, scope, protect, steps, name, needs_data, data)
+    _validate(speedup, scope, protect, steps, name, needs_data, data, target)
     num_classes = num_classes or _num_classes(model, example_inputs)
     protect = 0.0 if scope == "global" else protect
     # family hooks (attention heads, unwrapped parameters): empty options for a plain CNN
@@ -131,44 +153,128 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
             iterative_steps=steps, global_pruning=scope != "local", isomorphic=scope == "isomorphic",
             ignored_layers=_ignored(model, num_classes, ignored_layers), pruning_ratio_dict=pruning_ratio_dict,
             round_to=round_to, **pruner_options)
+    check_round_to(pruner, round_to)
     if family.configure:
         family.configure(pruner)
     samples = 0
     if needs_data and hasattr(importance, "calibrate"):
         samples = importance.calibrate(model, list(islice(iter(data), calibration_batches)), pruner)
     seconds_calibrate = time.perf_counter() - start
-    achieved, macs = 1.0, macs_dense
+    meter = _Meter(target, model, example_inputs, latency_batch, latency_threads)
+    if target == "latency":
+        table = LatencyTable(latency_batch, latency_threads, latency_cache)
+        pruner.estimate_importance = LatencyWeighted(pruner.estimate_importance, table, model, example_inputs)
     goal = math.inf if speedup is None else speedup
-    unchecked = 0  # steps left before MACs are counted again
-    while achieved < goal and pruner.current_step < steps:
+
+    def step():
         _protected_step(pruner, protect)
         if family.after_step:
             family.after_step(pruner)
-        if unchecked > 0:
-            unchecked -= 1
-            continue
-        before, (macs, _) = macs, count_macs_params(model, example_inputs)
-        achieved = macs_dense / macs
-        unchecked = _steps_surely_short(macs, before, macs_dense / goal)
+    achieved = _prune_until(pruner, step, meter, goal, steps)
+    confirmed = {}
+    if target == "latency" and speedup is not None:
+        achieved, confirmed = _confirm_latency(pruner, step, meter, goal, steps)
     if hasattr(importance, "finish"):  # e.g. CP's optional least-squares refit of the next layers
         importance.finish(model)
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)  # calibration statistics lived in .grad
-    _, params = count_macs_params(model, example_inputs)
+    macs, params = count_macs_params(model, example_inputs)
     notes = []
     if speedup is not None and achieved < speedup:
-        notes.append(f"speedup {speedup:g}x not reachable with scope {scope!r} (protect={protect:g}) in {steps} "
+        what = {"macs": "speedup", "params": "params speedup", "latency": "latency speedup"}[target]
+        notes.append(f"{what} {speedup:g}x not reachable with scope {scope!r} (protect={protect:g}) in {steps} "
                      f"steps: stopped at {achieved:.3f}x")
         warnings.warn(notes[-1])
     history = list(getattr(model, "prunebench_history", [])) + _plain_history(pruner.pruning_history())
     model.prunebench_history = history
     return model, PruneReport(
-        method=name, scope=scope, speedup_target=None if speedup is None else float(speedup), speedup=achieved,
-        target_reached=speedup is None or achieved >= speedup,
+        method=name, scope=scope, speedup_target=None if speedup is None else float(speedup),
+        speedup=macs_dense / macs, target_reached=speedup is None or achieved >= speedup,
         macs_dense=macs_dense, macs_pruned=macs, params_dense=params_dense, params_pruned=params, protect=protect,
         steps_taken=pruner.current_step, max_steps=steps, calibration_samples=samples,
         seconds_calibrate=seconds_calibrate, seconds_prune=seconds, warnings=notes,
-        channels=channel_table(model, dense_widths), pruning_history=history)
+        channels=channel_table(model, dense_widths), pruning_history=history, target=target,
+        achieved=achieved if target != "macs" else macs_dense / macs, round_to=round_to, latency=confirmed)
+
+
+class _Meter:
+    """The pruned model's cost in the target's terms, relative to the dense model's (1.0 before any pruning).
+
+    Latency is timed against a dense copy in the same call (interleaved), so both see the same machine."""
+
+    def __init__(self, target: str, model: nn.Module, example_inputs: torch.Tensor, batch: int,
+                 threads: Optional[int]):
+        self.target, self.model, self.example, self.threads = target, model, example_inputs, threads
+        self.inputs = batch_of(example_inputs, batch) if target == "latency" else None
+        self.dense_model = copy.deepcopy(model).eval() if target == "latency" else None
+        self.dense = None if target == "latency" else self._count()
+
+    def _count(self) -> float:
+        macs, params = count_macs_params(self.model, self.example)
+        return macs if self.target == "macs" else params
+
+    def relative(self, rounds: int = 1) -> float:
+        """Pruned cost / dense cost (the inverse of the speedup reached)."""
+        if self.target == "latency":
+            return 1.0 / compare(self.dense_model, self.model, self.inputs, rounds=rounds, repeats=LOOP_REPEATS,
+                                 threads=self.threads)["speedup"]
+        return self._count() / self.dense
+
+    @property
+    def noisy(self) -> bool:
+        return self.target == "latency"
+
+    def confirm(self) -> dict:
+        return compare(self.dense_model, self.model, self.inputs, rounds=CONFIRM_ROUNDS, repeats=LOOP_REPEATS,
+                       threads=self.threads)
+
+
+def _prune_until(pruner, step, meter: _Meter, goal: float, steps: int, achieved: float = 1.0) -> float:
+    """Steps until the target's speedup reaches ``goal`` or the steps run out; returns the speedup reached."""
+    relative = 1.0 / achieved
+    unchecked = 0  # steps left before the cost is measured again
+    while achieved < goal and pruner.current_step < steps:
+        step()
+        if unchecked > 0:
+            unchecked -= 1
+            continue
+        before, relative = relative, meter.relative()
+        if meter.noisy and 1.0 / relative >= goal:  # a single timing round can be lucky: look again, longer
+            relative = meter.relative(rounds=NEAR_ROUNDS)
+        achieved = 1.0 / relative
+        # timing noise would make the extrapolation jump past the target: near it, every step is measured
+        near = meter.noisy and achieved >= NEAR * goal
+        unchecked = 0 if near else _steps_surely_short(relative, before, 1.0 / goal)
+    return achieved
+
+
+def _confirm_latency(pruner, step, meter: _Meter, goal: float, steps: int) -> tuple[float, dict]:
+    """The latency speedup confirmed by interleaved rounds.  The loop's single rounds are noisier: while the
+    confirmation falls short, pruning goes on from there (a few times at most) and is confirmed again."""
+    confirmed = meter.confirm()
+    for _ in range(CONFIRM_TRIES):
+        if confirmed["speedup"] >= goal or pruner.current_step >= steps:
+            break
+        step()
+        _prune_until(pruner, step, meter, goal, steps, achieved=confirmed["speedup"])
+        confirmed = meter.confirm()
+    return confirmed["speedup"], confirmed
+
+
+def check_round_to(pruner: tp.pruner.BasePruner, round_to: Optional[int]) -> None:
+    """``round_to`` must be a positive channel multiple no prunable group is narrower than."""
+    if round_to is None:
+        return
+    if round_to < 1:
+        raise PruneBenchError(f"round_to must be a positive channel multiple, got {round_to}")
+    names = module_names(pruner.DG)
+    for g in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                      root_module_types=pruner.root_module_types):
+        width = len(g[0].idxs)
+        if width < round_to:
+            layer = names.get(g[0].dep.target.module, "?")
+            raise PruneBenchError(f"round_to {round_to} is larger than layer {layer}'s {width} channels; "
+                                  f"use a multiple of at most {width}")
 
 
 def _steps_surely_short(macs: float, previous: float, target: float) -> int:
@@ -235,8 +341,10 @@ def check_prune_args(speedup: Optional[float], scope: str = "protected", protect
         raise PruneBenchError(f"steps must be >= 1, got {steps}")
 
 
-def _validate(speedup, scope, protect, steps, name, needs_data, data):
+def _validate(speedup, scope, protect, steps, name, needs_data, data, target="macs"):
     check_prune_args(speedup, scope, protect, steps)
+    if target not in TARGETS:
+        raise unknown_choice("target", target, TARGETS)
     if needs_data and data is None:
         raise PruneBenchError(f"method {name!r} needs calibration data: pass data= (batches of inputs, labels)")
 
@@ -269,14 +377,16 @@ def finetune(model: nn.Module, train_loader, recipe: Recipe, val_loader=None, on
 
 
 def evaluate(model: nn.Module, loader, example_inputs: torch.Tensor, latency_batch: int = 32,
-             repeats: int = 20) -> dict:
-    """Top-1 accuracy, MACs, params, and median CPU latency at batch 1 and ``latency_batch``; ``correct`` is the
-    per-sample outcome in the loader's order as a string of ``0``/``1`` (compact in JSON)."""
+             repeats: int = 20, threads: Optional[int] = None) -> dict:
+    """Top-1 accuracy, MACs, params, and median CPU latency at batch 1 and ``latency_batch`` (at ``threads``
+    threads, with each median's interquartile spread); ``correct`` is the per-sample outcome in the loader's order
+    as a string of ``0``/``1`` (compact in JSON)."""
     macs, params = count_macs_params(model, example_inputs)
-    batch = example_inputs.expand(latency_batch, *example_inputs.shape[1:]).contiguous()
     hits = correct_predictions(model, loader) if loader is not None else None
+    one = measure(model, example_inputs[:1], repeats, threads=threads)
+    many = measure(model, batch_of(example_inputs, latency_batch), max(3, repeats // 4), threads=threads)
     return {"acc": percent_correct(hits) if hits is not None else None,
             "correct": "".join("1" if h else "0" for h in hits.tolist()) if hits is not None else None,
-            "macs": macs, "params": params,
-            "latency_b1": measure_latency(model, example_inputs, repeats),
-            f"latency_b{latency_batch}": measure_latency(model, batch, max(3, repeats // 4))}
+            "macs": macs, "params": params, "latency_threads": one.threads,
+            "latency_b1": one.median, "latency_b1_spread": one.spread,
+            f"latency_b{latency_batch}": many.median, f"latency_b{latency_batch}_spread": many.spread}

@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +11,9 @@ from flows.env import quiet_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 quiet_environment()  # the commands' own defaults, for the libraries the tests drive directly too
+if "YOLO_CONFIG_DIR" not in os.environ:  # ultralytics' settings and fonts: out of the user's folders, removed after
+    os.environ["YOLO_CONFIG_DIR"] = tempfile.mkdtemp(prefix="prunebench-yolo-cfg-")
+    atexit.register(shutil.rmtree, os.environ["YOLO_CONFIG_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

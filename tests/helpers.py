@@ -59,6 +59,26 @@ def make_project(tmp: Path, quick: dict | None = None, *, merge: bool = False,
     return proj, env
 
 
+def benchmark_in_copy(tmp: Path, profile: str, edit=None) -> dict:
+    """``prunebench benchmark`` with params.yaml's ``profile`` in a throwaway project copy (``edit(profile_dict)``
+    changes the profile first); returns reports/benchmark.json with its wall time as ``seconds_wall``.
+    Benchmarks measure through this, so a result is what the command itself gives."""
+    import json
+    import time
+    proj, env = make_project(tmp, profile=profile)
+    if edit is not None:
+        params = yaml.safe_load((proj / "params.yaml").read_text())
+        edit(params["profiles"][profile])
+        (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    start = time.perf_counter()
+    proc = subprocess.run([str(BIN / "prunebench"), "benchmark"], cwd=proj, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"prunebench benchmark (profile {profile}) failed: {proc.stderr.strip().splitlines()[-1:]}")
+    summary = json.loads((proj / "reports" / "benchmark.json").read_text())
+    summary["seconds_wall"] = time.perf_counter() - start
+    return summary
+
+
 def client(proj: Path):
     from mlflow import MlflowClient
     return MlflowClient(f"sqlite:///{proj / 'mlflow.db'}")

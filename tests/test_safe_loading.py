@@ -10,11 +10,6 @@ import copy
 import io
 import os
 import pickle
-import sys
-import tempfile
-
-if "ultralytics" not in sys.modules:  # keep ultralytics' settings and fonts out of the user's folders
-    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="prunebench-yolo-cfg-"))
 
 import numpy as np
 import pytest

@@ -6,13 +6,6 @@ checkpoint is exported to an ultralytics ``.pt`` (ultralytics' ``C2f`` again, id
 through the allow-list.  A file that does not fit names its first mismatched key, in one line (exit 2 on the
 command line), and bad export input writes nothing.
 """
-import os
-import sys
-import tempfile
-
-if "ultralytics" not in sys.modules:  # keep ultralytics' settings and fonts out of the user's folders
-    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="prunebench-yolo-cfg-"))
-
 import copy
 
 import pytest
@@ -150,7 +143,9 @@ def pruned(tmp_path_factory):
 
 @pytest.mark.parametrize("source, out, message", [
     ("missing", "w.safetensors", "does not exist"),
-    ("dense", "w.onnx", "cannot export to {out}: choose a .safetensors or .pth file (a .pt for YOLO models)"),
+    ("dense", "w.tflite", "cannot export to {out}: choose a .safetensors or .pth file (a .pt for YOLO models), "
+                          "or .onnx"),
+    ("yolo", "w.onnx", "ONNX export of YOLO models is ultralytics' own"),
     ("dense", "w.pt", f"{MODEL} exports to a .safetensors or .pth file (a .pt is prunebench's own format)"),
     ("pruned", "w.safetensors", f"holds a pruned {MODEL}: its shapes no longer fit the {MODEL} architecture"),
     ("yolo", "w.safetensors", "yolov8n exports to an ultralytics .pt file, not .safetensors"),

@@ -5,11 +5,7 @@ import copy
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-
-if "ultralytics" not in sys.modules:  # keep ultralytics' settings and fonts out of the user's folders
-    os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="prunebench-yolo-cfg-"))
 
 import pytest
 import torch
@@ -174,3 +170,56 @@ def test_offline_and_quiet_setup():
     holder.callbacks["on_pretrain_routine_end"].append(fake)
     yolo.drop_integration_callbacks(holder)
     assert fake not in holder.callbacks["on_pretrain_routine_end"]
+
+
+# --------------------------------------------------------------------------- the benchmark flow on detection
+YOLO_QUICK = {"model": {"name": "yolov8n"}, "data": {"dataset": "shapes", "batch_size": 16},
+              "pretrain": {"epochs": 1}, "finetune": {"epochs": 1}, "prune": {"steps": 20, "calibration_batches": 1},
+              "evaluate": {"latency_repeats": 3}, "benchmark": {"methods": ["l1", "taylor"], "speedups": [2]}}
+
+
+def test_yolo_benchmark_runs_through_the_flow_mlflow_and_leaderboard(tmp_path):
+    """`prunebench benchmark` on yolov8n/shapes: the same flow, cached trials, MLflow runs and leaderboard as a
+    classifier's, ranked by mAP50-95 with mAP50, MACs and latency beside it."""
+    import json
+
+    from helpers import client, make_project
+    proj, env = make_project(tmp_path, YOLO_QUICK)
+
+    def benchmark(*args):
+        return subprocess.run(["prunebench", "benchmark", *args], cwd=proj, env=env, capture_output=True, text=True,
+                              timeout=900)
+    first = benchmark()
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((proj / "reports" / "benchmark.json").read_text())
+    assert (summary["task"], summary["metric"]) == ("detect", "mAP50-95 (%)")
+    assert summary["recipe"]["recipe"] == "yolo" and summary["recipe"]["input_size"] == 64
+    trials = summary["trials"]
+    assert [t["method"] for t in trials] == ["l1", "taylor"] and all(t["status"] == "ok" for t in trials)
+    for t in trials:
+        assert t["task"] == "detect" and t["acc_finetuned"] == pytest.approx(100 * t["map50_95_finetuned"])
+        assert 0 <= t["map50_95_finetuned"] <= t["map50_finetuned"] <= 1
+        assert t["speedup"] >= 2 and t["latency_speedup"] > 0 and t["macs_pruned"] < t["macs_dense"]
+    assert trials[1]["calibration_samples"] > 0  # taylor calibrated on the detection loss
+    board = (proj / "reports" / "leaderboard.md").read_text()
+    assert "Dense mAP50-95 (%)" in board and "mAP50@2x" in board and "MACs / latency speedup@2x" in board
+    c = client(proj)
+    exp = c.get_experiment_by_name("prunebench/shapes/yolov8n")
+    runs = {r.data.tags.get("mlflow.runName"): r for r in c.search_runs([exp.experiment_id])}
+    child = runs["l1@2x/protected/s0"]
+    assert child.info.status == "FINISHED" and child.data.params["task"] == "detect"
+    assert child.data.metrics["map50_95_finetuned"] == pytest.approx(trials[0]["map50_95_finetuned"])
+    assert {"speedup", "latency_speedup", "map50_finetuned", "seconds_total"} <= set(child.data.metrics)
+    again = benchmark()  # same key, same result: nothing trains twice and no new run is logged
+    assert again.returncode == 0 and "nothing to compute" in again.stderr
+    assert len(c.search_runs([exp.experiment_id])) == len(runs)
+
+
+@pytest.mark.parametrize("method, says", [
+    ("l2+group_norm", "sparse training (group_norm) is not available for YOLO"),
+    ("hrank", "method 'hrank' is calibrated on classification outputs"),
+])
+def test_yolo_benchmark_refuses_methods_yolo_cannot_run_before_any_work(method, says, cli):
+    root = Path(__file__).resolve().parents[1]
+    code, _, err = cli("benchmark", "--params", root / "params.yaml", "--profile", "yolo", "--methods", f"l1,{method}")
+    assert code == 2 and says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -41,7 +41,8 @@ def final_task(s: Study, allocation: dict, protect: float, steps: int, epochs: i
                             allocation=allocation, protect=protect, steps=steps)
     ft = stages.finetune_stage(p, work / "pruned.pt", work / "finetuned.pt", epochs,
                                progress.on_epoch(f"final finetune {s.method}", epochs), teacher=Path(s.sweep.dense))
-    ev = {**stages.evaluate_stage(p, work / "finetuned.pt"), "checkpoint": str(work / "finetuned.pt")}
+    ev = {**stages.evaluate_stage(p, work / "finetuned.pt", Path(s.sweep.dense)),
+          "checkpoint": str(work / "finetuned.pt")}
     return TrialRecord.from_steps(s.method, TUNED, s.speedup, pr, ev, dense_eval, p.evaluate.latency_batch, ft,
                                   None, epochs, seed=p.seed, recipe=stages.recipe_card(p, dense_eval["acc"]),
                                   allocation=allocation, kept=pr["kept_by_group"], steps=steps, **extra)

@@ -31,7 +31,7 @@ def check(params: Params, speedup: Optional[float]) -> list[str]:
     """Everything that can be wrong before a study starts; returns the layer-group names of the search space."""
     t = params.tune
     check_prune_args(speedup)
-    if stages.is_detection(params):
+    if params.is_detection:
         raise PruneBenchError("tuning runs on classification models and datasets (YOLO: use `prunebench prune`)")
     stages.preflight(params)
     groups = stages.layer_group_names(params)

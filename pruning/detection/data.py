@@ -40,13 +40,18 @@ def is_detection_dataset(name: str) -> bool:
     return name == "shapes" or str(name).endswith((".yaml", ".yml"))
 
 
+def detection_imgsz(name: str, imgsz: Optional[int] = None) -> int:
+    """The image size a detection dataset trains and validates at: ``imgsz``, else shapes' 64 or ultralytics' 640."""
+    return imgsz or (64 if name == "shapes" else 640)
+
+
 def load_detection_data(name: str, root: str | os.PathLike = "data", imgsz: Optional[int] = None) -> DetectionData:
     """``shapes`` (generated under ``root/shapes`` on first use) or a local ultralytics dataset yaml."""
     if name == "shapes":
         folder = make_shapes(Path(root) / "shapes")
-        return DetectionData("shapes", folder / "shapes.yaml", SHAPES, imgsz or 64)
+        return DetectionData("shapes", folder / "shapes.yaml", SHAPES, detection_imgsz(name, imgsz))
     if str(name).endswith((".yaml", ".yml")):
-        return _from_yaml(Path(name), Path(root), imgsz or 640)
+        return _from_yaml(Path(name), Path(root), detection_imgsz(name, imgsz))
     raise PruneBenchError(f"unknown detection dataset {name!r}; choose one of: {', '.join(DETECTION_DATASETS)}")
 
 

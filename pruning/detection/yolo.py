@@ -33,10 +33,26 @@ from ..models.yolo import (  # noqa: F401  (re-exported: one import for callers)
 
 
 # --------------------------------------------------------------------------- prune
+DETECTION_LOSS_CRITERIA = ("taylor", "hessian")  # the data-driven criteria calibrated on the detection loss
+
+
+def check_method(method: str):
+    """The method's (criterion, sparsifier) pair, when YOLO can prune with it: a data-free criterion or one
+    calibrated on the detection loss, and no sparse training (ultralytics' trainer runs no sparsity penalty)."""
+    pair = resolve(method)
+    if pair.sparsifier is not None:
+        raise PruneBenchError(f"method {method!r}: sparse training ({pair.sparsifier.name}) is not available for "
+                              f"YOLO; use a criterion alone")
+    if pair.needs_data and pair.criterion.name not in DETECTION_LOSS_CRITERIA:
+        raise PruneBenchError(f"method {pair.criterion.name!r} is calibrated on classification outputs; for YOLO "
+                              f"use a data-free criterion or {'/'.join(DETECTION_LOSS_CRITERIA)} (detection loss)")
+    return pair
+
+
 def prune_yolo(model: nn.Module, imgsz: int, method: str, speedup: float, scope: str = "protected",
                data_yaml: Optional[Path] = None, *, calibration_batches: int = 2, batch: int = 16, **options):
     """Prune a YOLO DetectionModel to ``speedup`` (dense MACs / pruned MACs at ``imgsz``); Detect is protected."""
-    pair = resolve(method)
+    pair = check_method(method)
     check_imgsz(imgsz, model)
     model.eval()
     example = torch.randn(1, 3, imgsz, imgsz)
@@ -44,9 +60,6 @@ def prune_yolo(model: nn.Module, imgsz: int, method: str, speedup: float, scope:
     importance = pair.criterion.build(num_classes=nc)
     samples = 0
     if pair.needs_data:
-        if pair.criterion.name not in ("taylor", "hessian"):
-            raise PruneBenchError(f"method {pair.criterion.name!r} is calibrated on classification outputs; for YOLO "
-                                  f"use a data-free criterion or taylor/hessian (detection loss)")
         if data_yaml is None:
             raise PruneBenchError(f"method {pair.criterion.name!r} needs calibration data (a detection dataset)")
         samples = _calibrate_detection_loss(model, importance, data_yaml, imgsz, batch, calibration_batches)

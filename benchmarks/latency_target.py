@@ -1,0 +1,186 @@
+"""Latency as a target (issue 15): does a measured latency target land, does rounding channels turn MACs into wall time,
+and is the latency-targeted model as accurate as a MACs-targeted one at equal measured latency?
+
+    .venv/bin/python benchmarks/latency_target.py targets  [--models resnet18 mobilenetv3 deit] [--batches 1 32]
+    .venv/bin/python benchmarks/latency_target.py rounding [--models resnet18 mobilenetv3] [--round-to 8 16]
+    .venv/bin/python benchmarks/latency_target.py accuracy [--seeds 0 1 2]
+    (add --save to merge the part's results into benchmarks/results/latency_target.json)
+
+``targets``: each model pruned with ``target="latency"``, ``speedup=2`` at each batch (l2, protected scope), saved,
+read back from disk, and timed against a freshly built dense model in 5 independent measurements (each the median
+of 5 interleaved rounds); the figure is the median of the 5, with their range.  Weights are untrained: latency does
+not depend on them.  ``rounding``: MACs target 2x without and with ``round_to``; the latency speedup at batch 1 and
+32 against the MACs speedup.  ``accuracy``: resnet18 on digits at 32x32 through ``prunebench prune`` (trained dense
+baseline, 10 finetune epochs, every seed): the latency-targeted model against a MACs-targeted one whose MACs
+speedup was chosen (bisection on an untrained copy) to give the same measured latency speedup.
+
+Models at CIFAR shapes (3x32x32): resnet18 (prunebench's CIFAR variant), timm mobilenetv3_small_050, timm
+deit_tiny_patch16_224 with patch_size 8 (16 tokens).  Run it on an otherwise idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import pruning  # noqa: E402
+from pruning import latency  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "latency_target.json"
+MODELS = {  # name -> (prunebench model, create_model kwargs)
+    "resnet18": ("resnet18", {}),
+    "mobilenetv3": ("timm/mobilenetv3_small_050", {}),
+    "deit": ("timm/deit_tiny_patch16_224", {"patch_size": 8}),
+}
+EXAMPLE = torch.randn(1, 3, 32, 32)
+MEASUREMENTS = 5
+
+
+def build(model: str):
+    name, kwargs = MODELS[model]
+    torch.manual_seed(0)
+    return pruning.create_model(name, 10, 3, 32, **kwargs).eval()
+
+
+def independent_timing(checkpoint: Path, model: str, batch: int, threads: int) -> dict:
+    """The saved checkpoint read back and timed against a fresh dense model, ``MEASUREMENTS`` times."""
+    pruned, _ = pruning.load_checkpoint(checkpoint)
+    dense = build(model)
+    inputs = latency.batch_of(EXAMPLE, batch)
+    runs = [latency.compare(dense, pruned, inputs, rounds=5, repeats=10, threads=threads)["speedup"]
+            for _ in range(MEASUREMENTS)]
+    return {"median": statistics.median(runs), "min": min(runs), "max": max(runs), "runs": runs}
+
+
+def save(model: str, pruned, path: Path) -> Path:
+    name, kwargs = MODELS[model]
+    pruned.prunebench_kwargs = kwargs
+    return pruning.save_checkpoint(path, pruned, model_name=name, num_classes=10, in_chans=3, input_size=32)
+
+
+def targets(args) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            for batch in args.batches:
+                start = time.perf_counter()
+                pruned, report = pruning.prune(build(model), EXAMPLE, "l2", args.speedup, "protected",
+                                               target="latency", latency_batch=batch, latency_threads=args.threads,
+                                               latency_cache=Path(tmp) / "cache")
+                seconds = time.perf_counter() - start
+                check = independent_timing(save(model, pruned, Path(tmp) / f"{model}-{batch}.pt"), model, batch,
+                                           args.threads)
+                row = {"model": model, "batch": batch, "threads": report.latency["threads"],
+                       "target": args.speedup, "reported": report.achieved, "macs_speedup": report.speedup,
+                       "independent": check, "within_5pct": abs(check["median"] / args.speedup - 1) <= 0.05,
+                       "seconds_prune": seconds, "steps": report.steps_taken}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def rounding(args) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            for round_to in [None, *args.round_to]:
+                pruned, report = pruning.prune(build(model), EXAMPLE, "l2", args.speedup, "protected",
+                                               round_to=round_to)
+                path = save(model, pruned, Path(tmp) / f"{model}-{round_to}.pt")
+                row = {"model": model, "round_to": round_to, "macs_speedup": report.speedup}
+                for batch in args.batches:
+                    check = independent_timing(path, model, batch, args.threads)
+                    row[f"latency_speedup_b{batch}"] = check
+                    row[f"latency_over_macs_b{batch}"] = check["median"] / report.speedup
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def macs_speedup_for_latency(model: str, goal: float, batch: int, threads: int) -> float:
+    """The MACs speedup at which plain (MACs-targeted) l2 pruning runs ``goal`` times faster (bisection)."""
+    low, high = 1.05, 8.0
+    for _ in range(7):
+        middle = (low * high) ** 0.5
+        pruned, _ = pruning.prune(build(model), EXAMPLE, "l2", middle, "protected")
+        speedup = latency.compare(build(model), pruned, latency.batch_of(EXAMPLE, batch), rounds=5, repeats=10,
+                                  threads=threads)["speedup"]
+        low, high = (middle, high) if speedup < goal else (low, middle)
+    return round(high, 3)
+
+
+def accuracy(args) -> dict:
+    """Both targets through ``prunebench prune`` on one trained resnet18 (seed 0's baseline), each seed's prune
+    and finetune with that seed."""
+    from tests.helpers import make_project
+    macs = macs_speedup_for_latency("resnet18", args.speedup, 1, args.threads)
+    out = {"macs_speedup_for_equal_latency": macs, "trials": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        proj, env = make_project(Path(tmp), profile=None)
+        dense = None
+        for seed in args.seeds:
+            _set_seed(proj / "params.yaml", seed)
+            for target, speedup in (("latency", args.speedup), ("macs", macs)):
+                cmd = [str(Path(sys.executable).parent / "prunebench"), "prune", "--model", "resnet18", "--dataset",
+                       "digits", "--input-size", "32", "--method", "l2", "--speedup", str(speedup), "--target",
+                       target, "--json"] + (["--checkpoint", str(dense)] if dense else [])
+                proc = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
+                if proc.returncode:
+                    raise SystemExit(proc.stderr.strip().splitlines()[-1])
+                dense = dense or next((proj / "models" / "cache").glob("dense-resnet18-*.pt"))
+                record = json.loads(proc.stdout)
+                trial = {k: record.get(k) for k in ("target", "speedup", "achieved", "latency_speedup",
+                                                    "latency_speedup_range", "acc_dense", "acc_finetuned",
+                                                    "acc_finetuned_lo", "acc_finetuned_hi")}
+                trial["seed"] = seed
+                print(json.dumps(trial), flush=True)
+                out["trials"].append(trial)
+    return out
+
+
+def _set_seed(params_file: Path, seed: int) -> None:
+    import yaml
+    params = yaml.safe_load(params_file.read_text())
+    params["seed"] = seed
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("part", choices=["targets", "rounding", "accuracy"])
+    ap.add_argument("--models", nargs="+", default=None, choices=list(MODELS))
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    ap.add_argument("--round-to", nargs="+", type=int, default=[8, 16])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--speedup", type=float, default=2.0)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--save", action="store_true")
+    args = ap.parse_args(argv)
+    warnings.simplefilter("ignore")
+    if args.models is None:
+        args.models = list(MODELS) if args.part == "targets" else ["resnet18", "mobilenetv3"]
+    result = {"targets": targets, "rounding": rounding, "accuracy": accuracy}[args.part](args)
+    if args.save:
+        saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        saved[args.part] = {"rows": result, "machine": {"cpu": latency.device_name(), "cores": os.cpu_count(),
+                                                        "threads": args.threads, "torch": torch.__version__,
+                                                        "python": platform.python_version()}}
+        RESULTS.write_text(json.dumps(saved, indent=1, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

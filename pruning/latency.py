@@ -1,0 +1,315 @@
+"""Latency as a pruning target: measured honestly, tabulated per layer, and spent where it buys the most.
+
+* :func:`measure` times forward passes after warm-up at a pinned thread count and reports the median with its
+  quartiles; :func:`compare` times a dense and a pruned model in interleaved rounds, so the drift of a shared
+  machine falls on both alike, and reports the speedup's median and range over the rounds.
+* :class:`LatencyTable` holds, per prunable layer (``Conv2d``, ``Linear``), the seconds of that layer alone as a
+  function of its remaining channels, measured on this device at the model's input shape and a batch size, and
+  cached on disk per device, thread count and torch version (a second prune of the same architecture measures
+  nothing).  Its grid is every eighth of the layer's width, interpolated between.
+* :class:`LatencyWeighted` turns any Torch-Pruning importance into importance per unit of latency saved (the idea
+  of HALP, Shen et al. 2022): each group's scores are divided by the seconds one of its channels costs, read from
+  the table, so the pruner's own ranking (with its scope and protection) removes the channels that buy the most
+  latency for the least importance first.  :func:`pruning.prune` with ``target="latency"`` uses it and stops on
+  measured latency, never on the table's estimate.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import PruneBenchError
+from .modes import eval_mode
+from .tp_adapter import IN_FNS, OUT_FNS, group_members
+
+GRID = 8            # table points per layer: every eighth of its dense width
+MIN_SECONDS = 0.02  # a table point times at least this long in total (several calls of a fast layer)
+
+
+# --------------------------------------------------------------------------- measuring
+@dataclass(frozen=True)
+class Latency:
+    """Seconds per forward pass: the median over ``repeats`` timed calls and its quartiles."""
+    median: float
+    q1: float
+    q3: float
+    repeats: int
+    threads: int
+    batch: int
+
+    @property
+    def spread(self) -> float:
+        """The interquartile range relative to the median."""
+        return (self.q3 - self.q1) / self.median if self.median else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "spread": self.spread}
+
+
+@contextmanager
+def pinned_threads(threads: Optional[int]):
+    """Run with exactly ``threads`` intra-op threads (None: as they are), restored afterwards."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure(model, inputs: torch.Tensor, repeats: int = 20, warmup: int = 3,
+            threads: Optional[int] = None) -> Latency:
+    """Time ``repeats`` forward passes of ``inputs`` after ``warmup`` untimed ones, at ``threads`` threads.
+    ``model`` is an ``nn.Module`` (PyTorch, no grad, eval mode) or the path of an ``.onnx`` file (ONNX Runtime's
+    CPU provider, at the same thread count)."""
+    with pinned_threads(threads) as used, _runner(model, inputs, used) as run:
+        for _ in range(warmup):
+            run()
+        times = []
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+    return Latency(statistics.median(times), q1, q3, len(times), used, int(inputs.shape[0]))
+
+
+@contextmanager
+def _runner(model, inputs: torch.Tensor, threads: int):
+    """A no-argument callable running one forward pass of ``inputs``."""
+    if isinstance(model, nn.Module):
+        with torch.no_grad(), eval_mode(model):
+            yield lambda: model(inputs)
+        return
+    session = onnx_session(model, threads)
+    feed = {session.get_inputs()[0].name: inputs.numpy()}
+    yield lambda: session.run(None, feed)
+
+
+def onnx_session(path, threads: int):
+    """An ONNX Runtime CPU session of the file at ``path`` with ``threads`` intra-op threads."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise PruneBenchError("ONNX Runtime is not installed: pip install 'prunebench[onnx]'") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare(dense, pruned, inputs: torch.Tensor, rounds: int = 5, repeats: int = 10,
+            threads: Optional[int] = None) -> dict:
+    """Dense and pruned (modules, or ``.onnx`` paths) timed in ``rounds`` interleaved rounds: the speedup (dense
+    median / pruned median) per round, its median, min and max, and both models' medians over all rounds."""
+    speedups, dense_times, pruned_times = [], [], []
+    for _ in range(rounds):
+        d = measure(dense, inputs, repeats, warmup=1, threads=threads)
+        p = measure(pruned, inputs, repeats, warmup=1, threads=threads)
+        speedups.append(d.median / p.median)
+        dense_times.append(d.median)
+        pruned_times.append(p.median)
+    return {"speedup": statistics.median(speedups), "speedup_min": min(speedups), "speedup_max": max(speedups),
+            "dense": statistics.median(dense_times), "pruned": statistics.median(pruned_times), "rounds": rounds,
+            "repeats": repeats, "threads": d.threads, "batch": d.batch}
+
+
+def batch_of(example_inputs: torch.Tensor, batch: int) -> torch.Tensor:
+    """``batch`` copies of a batch-1 example (the input shape latency is measured at)."""
+    return example_inputs[:1].expand(batch, *example_inputs.shape[1:]).contiguous()
+
+
+# --------------------------------------------------------------------------- the table
+def device_name() -> str:
+    """The CPU model (or the platform's processor name): part of every table's cache key."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def layer_inputs(model: nn.Module, example_inputs: torch.Tensor) -> dict:
+    """Per ``Conv2d``/``Linear`` module: the shape of one sample's input (no batch dimension), from one pass."""
+    shapes, hooks = {}, []
+
+    def record(module, args, output) -> None:  # a hook that returned a value would replace the output
+        shapes.setdefault(module, tuple(args[0].shape[1:]))
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(record))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(example_inputs[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def signature(module: nn.Module, shape: tuple) -> Optional[tuple]:
+    """What a layer's latency depends on besides its varying width (its dense shape and input); None: not
+    tabulated (a layer type other than Conv2d/Linear)."""
+    if isinstance(module, nn.Conv2d):
+        return ("conv", module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                module.dilation, module.groups, module.bias is not None, shape[1:])
+    if isinstance(module, nn.Linear):
+        return ("linear", module.in_features, module.out_features, module.bias is not None, shape[:-1])
+    return None
+
+
+def _standalone(sig: tuple, side: str, width: int, batch: int) -> tuple[nn.Module, torch.Tensor]:
+    """A fresh layer of signature ``sig`` with its ``side`` (``in``, ``out``, or ``both`` for depthwise) set to
+    ``width`` channels, and an input batch for it."""
+    if sig[0] == "conv":
+        _, cin, cout, k, s, p, d, groups, bias, hw = sig
+        if side == "both":
+            cin = cout = groups = width
+        elif side == "in":
+            cin = width
+        else:
+            cout = width
+        layer = nn.Conv2d(cin, cout, k, s, p, d, groups, bias)
+        return layer, torch.randn(batch, cin, *hw)
+    _, fin, fout, bias, lead = sig
+    fin, fout = (width, fout) if side == "in" else (fin, width)
+    return nn.Linear(fin, fout, bias), torch.randn(batch, *lead, fin)
+
+
+def _dense_width(sig: tuple, side: str) -> int:
+    return sig[1] if side == "in" else sig[2]
+
+
+def grid(width: int) -> list[int]:
+    """The widths a layer is timed at: every eighth of ``width`` (at least 1), ``width`` included."""
+    return sorted({max(1, round(width * k / GRID)) for k in range(1, GRID + 1)})
+
+
+class LatencyTable:
+    """Seconds of each prunable layer alone, as a function of its remaining channels on one side.
+
+    Entries are measured on first use at ``batch`` and ``threads`` and kept in ``path`` (JSON, when given), keyed
+    by the layer's dense signature, so a table is measured once per device, input shape, batch and thread count.
+    """
+
+    def __init__(self, batch: int = 1, threads: Optional[int] = None, path: Optional[Path] = None):
+        self.batch = batch
+        self.threads = threads or torch.get_num_threads()
+        self.path = Path(path) / f"latency-{self.key()}.json" if path else None
+        self.entries: dict = {}
+        self.measured = 0  # points timed by this table (0 when everything came from the cache)
+        if self.path is not None and self.path.is_file():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}  # a damaged cache is measured again
+
+    def key(self) -> str:
+        """Device, threads, batch and torch version: what every entry's seconds depend on besides the layer."""
+        what = [device_name(), self.threads, self.batch, torch.__version__, "cpu"]
+        return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
+
+    def curve(self, sig: tuple, side: str) -> tuple[list, list]:
+        """(widths, seconds) of a layer over its grid, measured on first use."""
+        name = json.dumps([sig, side])
+        if name not in self.entries:
+            widths = grid(_dense_width(sig, side) if side != "both" else sig[1])
+            self.entries[name] = {"widths": widths, "seconds": [self._time(sig, side, w) for w in widths]}
+            self.measured += len(widths)
+            self._save()
+        entry = self.entries[name]
+        return entry["widths"], entry["seconds"]
+
+    def seconds(self, sig: tuple, side: str, width: float) -> float:
+        widths, seconds = self.curve(sig, side)
+        return float(np.interp(width, widths, seconds))
+
+    def slope(self, sig: tuple, side: str, width: int) -> float:
+        """Seconds one channel costs at ``width`` (the curve's fall over the eighth below ``width``, per channel;
+        never negative: timing noise must not make a channel look free or paying)."""
+        widths, _ = self.curve(sig, side)
+        step = max(1.0, widths[-1] / GRID)
+        low = max(1.0, width - step)
+        if width <= low:
+            return 0.0
+        return max(0.0, (self.seconds(sig, side, width) - self.seconds(sig, side, low)) / (width - low))
+
+    def _time(self, sig: tuple, side: str, width: int) -> float:
+        layer, x = _standalone(sig, side, width, self.batch)
+        once = measure(layer, x, repeats=1, warmup=1, threads=self.threads).median
+        repeats = int(min(50, max(5, MIN_SECONDS / max(once, 1e-7))))
+        return measure(layer, x, repeats=repeats, warmup=1, threads=self.threads).median
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.entries))
+        os.replace(tmp, self.path)
+
+
+# --------------------------------------------------------------------------- importance per unit of latency
+class LatencyWeighted:
+    """Group scores divided, group by group, by the seconds one of the group's channels costs.
+
+    ``scores`` is the pruner's own scoring (``pruner.estimate_importance``), so whatever the importance does
+    besides scoring stays as it is.  A group's channel cost sums over its tabulated members: the layers whose
+    outputs it removes (their ``out`` curve), the layers whose inputs it removes (``in``, times the inputs per
+    channel, e.g. a flatten before a Linear) and depthwise convolutions (``both`` sides at once).  A group of
+    untabulated layers only (norms, activations) costs the least any group costs, never zero: that would make its
+    channels infinitely cheap to lose.
+    """
+
+    def __init__(self, scores, table: LatencyTable, model: nn.Module, example_inputs: torch.Tensor):
+        self.scores = scores
+        self.table = table
+        shapes = layer_inputs(model, example_inputs)
+        self.signatures = {m: sig for m, shape in shapes.items() if (sig := signature(m, shape)) is not None}
+        self.floor: Optional[float] = None
+
+    def __call__(self, group):
+        scores = self.scores(group)
+        if scores is None:
+            return None
+        return scores / self.cost(group)
+
+    def cost(self, group) -> float:
+        """Seconds one root channel of the group costs at the current widths."""
+        width = max(1, len(group[0].idxs))
+        total, seen = 0.0, set()
+        for side, handlers in (("out", OUT_FNS), ("in", IN_FNS)):
+            for m in group_members(group, handlers):
+                sig = self.signatures.get(m.layer)
+                if sig is None or m.layer in seen:
+                    continue
+                seen.add(m.layer)
+                depthwise = sig[0] == "conv" and sig[7] > 1 and sig[7] == sig[1] == sig[2]
+                curve = "both" if depthwise else side  # depthwise: inputs, outputs and groups go together
+                total += len(m.idxs) / width * self.table.slope(sig, curve, _current_width(m.layer, side))
+        if total > 0:
+            self.floor = total if self.floor is None else min(self.floor, total)
+            return total
+        return self.floor or 1e-9
+
+
+def _current_width(layer: nn.Module, side: str) -> int:
+    if isinstance(layer, nn.Conv2d):
+        return layer.in_channels if side == "in" else layer.out_channels
+    return layer.in_features if side == "in" else layer.out_features

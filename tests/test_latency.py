@@ -1,0 +1,184 @@
+"""Latency as a target: honest timing (medians, quartiles, pinned threads, interleaved rounds), the per-layer latency
+table and its disk cache, importance per unit of latency saved, pruning to a measured latency or params target,
+channel rounding, and the bad input of all of them.  Whether targets are met fast and closely enough is measured by
+benchmarks/latency_target.py, not here."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import pruning
+from pruning import PruneBenchError, latency
+from pruning.steps import check_round_to
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def resnet20():
+    torch.manual_seed(0)
+    return pruning.create_model("resnet20", 10, 3, 32).eval()
+
+
+EXAMPLE = torch.randn(1, 3, 32, 32)
+
+
+def test_measure_reports_median_quartiles_and_pins_threads_then_restores_them():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+    before = torch.get_num_threads()
+    lat = latency.measure(model, torch.randn(4, 3, 16, 16), repeats=9, threads=2)
+    assert lat.threads == 2 and lat.batch == 4 and lat.repeats == 9
+    assert 0 < lat.q1 <= lat.median <= lat.q3 and lat.spread >= 0
+    assert torch.get_num_threads() == before
+
+
+def test_compare_interleaves_rounds_and_reports_their_range():
+    model = resnet20()
+    check = latency.compare(model, copy.deepcopy(model), latency.batch_of(EXAMPLE, 2), rounds=3, repeats=3)
+    assert check["rounds"] == 3 and check["batch"] == 2
+    assert check["speedup_min"] <= check["speedup"] <= check["speedup_max"]
+    assert check["dense"] > 0 and check["pruned"] > 0
+
+
+def test_table_is_measured_once_then_read_from_its_cache(tmp_path):
+    sig = latency.signature(nn.Conv2d(16, 32, 3, padding=1), (16, 8, 8))
+    table = latency.LatencyTable(batch=2, threads=1, path=tmp_path)
+    widths, seconds = table.curve(sig, "out")
+    assert widths == latency.grid(32) == [4, 8, 12, 16, 20, 24, 28, 32]
+    assert table.measured == len(widths) and all(s > 0 for s in seconds)
+    again = latency.LatencyTable(batch=2, threads=1, path=tmp_path)
+    assert again.curve(sig, "out") == (widths, seconds) and again.measured == 0  # from disk: nothing timed
+    other = latency.LatencyTable(batch=8, threads=1, path=tmp_path)  # another batch is another table
+    assert other.path != table.path and not other.entries
+    assert table.seconds(sig, "out", 10) == pytest.approx((seconds[1] + seconds[2]) / 2)  # interpolated
+    assert table.slope(sig, "out", 32) >= 0
+
+
+def test_damaged_cache_is_measured_again(tmp_path):
+    table = latency.LatencyTable(batch=1, threads=1, path=tmp_path)
+    table.path.write_text("{not json")
+    sig = latency.signature(nn.Linear(8, 8), (4, 8))
+    assert latency.LatencyTable(batch=1, threads=1, path=tmp_path).curve(sig, "in")[0] == latency.grid(8)
+
+
+class SteepTable(latency.LatencyTable):
+    """A table whose seconds are known: every channel of the layers in ``expensive`` costs 3x the others."""
+
+    def __init__(self, expensive):
+        super().__init__()
+        self.expensive = expensive
+
+    def slope(self, sig, side, width):
+        return 3.0 if sig in self.expensive else 1.0
+
+
+def _pruned_widths(model, table):
+    pruner_model = copy.deepcopy(model)
+    imp = pruning.get_method("l2").build(num_classes=10)
+    import torch_pruning as tp
+    pruner = tp.pruner.BasePruner(pruner_model, EXAMPLE, importance=imp, pruning_ratio=0.3, global_pruning=True, max_pruning_ratio=0.5,
+                                  ignored_layers=[pruner_model.fc])
+    if table is not None:
+        pruner.estimate_importance = latency.LatencyWeighted(pruner.estimate_importance, table, pruner_model,
+                                                             EXAMPLE)
+    pruner.step()
+    return {name: m.out_channels for name, m in pruner_model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def test_importance_per_latency_prunes_the_expensive_layers_first():
+    model = resnet20()
+    shapes = latency.layer_inputs(model, EXAMPLE)
+    expensive_layer = dict(model.named_modules())["layers.2.0.conv1"]
+    table = SteepTable({latency.signature(expensive_layer, shapes[expensive_layer])})
+    plain, weighted = _pruned_widths(model, None), _pruned_widths(model, table)
+    assert weighted["layers.2.0.conv1"] < plain["layers.2.0.conv1"]
+    assert sum(weighted.values()) > sum(plain.values()) - 5  # about the same channel count, spent elsewhere
+
+
+def test_prune_to_a_latency_target_reports_its_confirming_timing(tmp_path):
+    model = resnet20()
+    _, report = pruning.prune(model, EXAMPLE, "l2", 1.3, "protected", steps=40, target="latency",
+                              latency_batch=2, latency_cache=tmp_path)
+    check = report.latency
+    assert report.target == "latency" and report.achieved == check["speedup"] and check["batch"] == 2
+    assert check["rounds"] == 5 and check["speedup_min"] <= check["speedup"] <= check["speedup_max"]
+    assert report.target_reached == (report.achieved >= 1.3)
+    assert report.speedup > 1 and report.macs_pruned < report.macs_dense  # MACs are still reported
+    assert list(tmp_path.glob("latency-*.json"))  # the layer table, cached for the next prune
+    with torch.no_grad():
+        assert model(EXAMPLE).shape == (1, 10)
+
+
+def test_prune_to_a_params_target():
+    _, report = pruning.prune(resnet20(), EXAMPLE, "l2", 2.0, "protected", target="params")
+    assert report.target == "params" and report.params_dense / report.params_pruned == pytest.approx(report.achieved)
+    assert report.achieved >= 2.0 and report.target_reached
+
+
+def test_round_to_keeps_every_pruned_width_a_multiple():
+    model = resnet20()
+    _, report = pruning.prune(model, EXAMPLE, "l2", 2.0, "protected", round_to=8)
+    widths = [m.out_channels for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and name != "conv1"]
+    assert report.round_to == 8 and report.speedup >= 2
+    assert all(w % 8 == 0 for w in widths), widths
+
+
+def test_round_to_wider_than_a_layer_and_unknown_target_are_refused():
+    model = resnet20()
+    with pytest.raises(PruneBenchError, match=r"round_to 32 is larger than layer .*'s 16 channels"):
+        pruning.prune(model, EXAMPLE, "l2", 2.0, round_to=32)
+    with pytest.raises(PruneBenchError, match="unknown target 'wall'"):
+        pruning.prune(model, EXAMPLE, "l2", 2.0, target="wall")
+    import torch_pruning as tp
+    pruner = tp.pruner.BasePruner(model, EXAMPLE, importance=tp.importance.GroupMagnitudeImportance(),
+                                  pruning_ratio=0.1)
+    with pytest.raises(PruneBenchError, match="positive channel multiple"):
+        check_round_to(pruner, 0)
+
+
+def test_unreachable_latency_target_and_bad_round_to_exit_2_before_any_work(cli, tmp_path):
+    code, _, err = cli("prune", "--model", "resnet20", "--dataset", "digits", "--method", "l2", "--speedup", "500",
+                       "--target", "latency")
+    assert code == 2 and "latency speedup 500x is unreachable for resnet20" in err and "Traceback" not in err
+    code, _, err = cli("prune", "--model", "resnet20", "--dataset", "digits", "--method", "l2", "--speedup", "2",
+                       "--round-to", "64")
+    assert code == 2 and "round_to 64 is larger than layer" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("prune", "--model", "resnet20", "--dataset", "digits", "--method", "l2", "--speedup", "2",
+                       "--target", "wall")
+    assert code == 2 and "unknown target 'wall'" in err
+    assert not (tmp_path / "models").exists()  # the command runs in tmp_path: nothing was trained or written
+
+
+# --------------------------------------------------------------------------- where the model will run: ONNX
+def test_pruned_model_exports_to_onnx_and_runs_the_same_in_onnx_runtime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    model = resnet20()
+    dense_path = pruning.save_checkpoint(tmp_path / "dense.pt", model, model_name="resnet20", num_classes=10,
+                                         in_chans=3, input_size=32)
+    pruning.prune(model, EXAMPLE, "l2", 2.0, round_to=8)
+    pruned_path = pruning.save_checkpoint(tmp_path / "pruned.pt", model, model_name="resnet20", num_classes=10,
+                                          in_chans=3, input_size=32)
+    onnx_dense = pruning.export_weights(dense_path, tmp_path / "dense.onnx")
+    onnx_pruned = pruning.export_weights(pruned_path, tmp_path / "pruned.onnx")
+    images = torch.randn(3, 3, 32, 32)  # another batch size than the export's: the batch axis is dynamic
+    session = latency.onnx_session(onnx_pruned, threads=1)
+    out = session.run(None, {"images": images.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(images).numpy(), atol=1e-4)
+    check = latency.compare(onnx_dense, onnx_pruned, images, rounds=2, repeats=3, threads=1)
+    assert check["speedup_min"] <= check["speedup"] <= check["speedup_max"] and check["threads"] == 1
+
+
+def test_export_command_times_the_onnx_file_beside_pytorch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    path = pruning.save_checkpoint(tmp_path / "m.pt", resnet20(), model_name="resnet20", num_classes=10, in_chans=3,
+                                   input_size=32)
+    result = CliRunner().invoke(app, ["export", "--checkpoint", str(path), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "PyTorch" in result.output and "ONNX Runtime" in result.output and (tmp_path / "m.onnx").is_file()
+    again = CliRunner().invoke(app, ["export", "--checkpoint", str(path), "--out", str(tmp_path / "m.onnx2")])
+    assert again.exit_code == 2 and "or .onnx" in again.output
