@@ -8,11 +8,13 @@ and is the latency-targeted model as accurate as a MACs-targeted one at equal me
 
 ``targets``: each model pruned with ``target="latency"``, ``speedup=2`` at each batch (l2, protected scope), saved,
 read back from disk, and timed against a freshly built dense model in 5 independent measurements (each the median
-of 5 interleaved rounds); the figure is the median of the 5, with their range.  Weights are untrained: latency does
-not depend on them.  ``rounding``: MACs target 2x without and with ``round_to``; the latency speedup at batch 1 and
-32 against the MACs speedup.  ``accuracy``: resnet18 on digits at 32x32 through ``prunebench prune`` (trained dense
-baseline, 10 finetune epochs, every seed): the latency-targeted model against a MACs-targeted one whose MACs
-speedup was chosen (bisection on an untrained copy) to give the same measured latency speedup.
+of 5 interleaved rounds); the figure is the median of the 5, with their range.  ``reachable`` is the latency
+speedup of the most pruning the protection allows (every group at 10% of its channels): no allocation does better.
+Weights are untrained: latency does not depend on them.  ``rounding``: MACs target 2x without and with
+``round_to``; the latency speedup at batch 1 and 32 against the MACs speedup.  ``accuracy``: resnet20 (``--model``)
+on digits at 32x32, latency at batch 32 (``--latency-batch``), through ``prunebench prune`` (trained dense baseline,
+10 finetune epochs, every seed): the latency-targeted model against a MACs-targeted one whose MACs speedup was chosen
+(bisection on an untrained copy) to give the same measured latency speedup.
 
 Models at CIFAR shapes (3x32x32): resnet18 (prunebench's CIFAR variant), timm mobilenetv3_small_050, timm
 deit_tiny_patch16_224 with patch_size 8 (16 tokens).  Run it on an otherwise idle machine.
@@ -37,13 +39,14 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import pruning  # noqa: E402
-from pruning import latency  # noqa: E402
+from pruning import allocation, latency  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "latency_target.json"
 MODELS = {  # name -> (prunebench model, create_model kwargs)
     "resnet18": ("resnet18", {}),
     "mobilenetv3": ("timm/mobilenetv3_small_050", {}),
     "deit": ("timm/deit_tiny_patch16_224", {"patch_size": 8}),
+    "resnet20": ("resnet20", {}),
 }
 EXAMPLE = torch.randn(1, 3, 32, 32)
 MEASUREMENTS = 5
@@ -83,8 +86,11 @@ def targets(args) -> list[dict]:
                 seconds = time.perf_counter() - start
                 check = independent_timing(save(model, pruned, Path(tmp) / f"{model}-{batch}.pt"), model, batch,
                                            args.threads)
+                reachable = allocation.reachable_speedup(build(model), EXAMPLE, report.protect, target="latency",
+                                                         latency_batch=batch, latency_threads=args.threads)
                 row = {"model": model, "batch": batch, "threads": report.latency["threads"],
                        "target": args.speedup, "reported": report.achieved, "macs_speedup": report.speedup,
+                       "reachable": reachable,
                        "independent": check, "within_5pct": abs(check["median"] / args.speedup - 1) <= 0.05,
                        "seconds_prune": seconds, "steps": report.steps_taken}
                 print(json.dumps(row), flush=True)
@@ -123,10 +129,10 @@ def macs_speedup_for_latency(model: str, goal: float, batch: int, threads: int) 
 
 
 def accuracy(args) -> dict:
-    """Both targets through ``prunebench prune`` on one trained resnet18 (seed 0's baseline), each seed's prune
-    and finetune with that seed."""
+    """Both targets through ``prunebench prune`` on one trained ``args.model`` (seed 0's baseline), each seed's
+    prune and finetune with that seed, latency measured at ``args.latency_batch``."""
     from tests.helpers import make_project
-    macs = macs_speedup_for_latency("resnet18", args.speedup, 1, args.threads)
+    macs = macs_speedup_for_latency(args.model, args.speedup, args.latency_batch, args.threads)
     out = {"macs_speedup_for_equal_latency": macs, "trials": []}
     with tempfile.TemporaryDirectory() as tmp:
         proj, env = make_project(Path(tmp), profile=None)
@@ -134,16 +140,18 @@ def accuracy(args) -> dict:
         for seed in args.seeds:
             _set_seed(proj / "params.yaml", seed)
             for target, speedup in (("latency", args.speedup), ("macs", macs)):
-                cmd = [str(Path(sys.executable).parent / "prunebench"), "prune", "--model", "resnet18", "--dataset",
+                cmd = [str(Path(sys.executable).parent / "prunebench"), "prune", "--model", args.model, "--dataset",
                        "digits", "--input-size", "32", "--method", "l2", "--speedup", str(speedup), "--target",
-                       target, "--json"] + (["--checkpoint", str(dense)] if dense else [])
+                       target, "--latency-batch", str(args.latency_batch), "--json"]
+                cmd += ["--checkpoint", str(dense)] if dense else []
                 proc = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
                 if proc.returncode:
                     raise SystemExit(proc.stderr.strip().splitlines()[-1])
-                dense = dense or next((proj / "models" / "cache").glob("dense-resnet18-*.pt"))
+                dense = dense or next((proj / "models" / "cache").glob(f"dense-{args.model}-*.pt"))
                 record = json.loads(proc.stdout)
                 trial = {k: record.get(k) for k in ("target", "speedup", "achieved", "latency_speedup",
-                                                    "latency_speedup_range", "acc_dense", "acc_finetuned",
+                                                    "latency_speedup_range", "latency_batch",
+                                                    "latency_speedup_batch", "acc_dense", "acc_finetuned",
                                                     "acc_finetuned_lo", "acc_finetuned_hi")}
                 trial["seed"] = seed
                 print(json.dumps(trial), flush=True)
@@ -165,13 +173,15 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     ap.add_argument("--round-to", nargs="+", type=int, default=[8, 16])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--model", default="resnet20", choices=list(MODELS), help="accuracy: the model trained")
+    ap.add_argument("--latency-batch", type=int, default=32, help="accuracy: the batch latency is measured at")
     ap.add_argument("--speedup", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     if args.models is None:
-        args.models = list(MODELS) if args.part == "targets" else ["resnet18", "mobilenetv3"]
+        args.models = ["resnet18", "mobilenetv3", "deit"] if args.part == "targets" else ["resnet18", "mobilenetv3"]
     result = {"targets": targets, "rounding": rounding, "accuracy": accuracy}[args.part](args)
     if args.save:
         saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}

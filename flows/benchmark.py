@@ -112,6 +112,7 @@ def summarize(ctx: SweepContext, sweep: str, records: list[TrialRecord]) -> dict
             "dense_by_seed": {str(s): b["dense_eval"] for s, b in ctx.seed_baselines.items()},
             "speedups": p.benchmark.speedups, "scopes": p.benchmark.scopes, "methods": p.benchmark.methods,
             "seeds": p.benchmark.seeds, "dense_mode": p.benchmark.dense, "recipe": recipe(ctx),
+            "target": p.prune.target, "latency_batch": p.prune.latency_batch,
             "trials": [r.to_dict() for r in records]}
 
 

@@ -50,6 +50,15 @@ def short_metric(summary: dict) -> str:
     return "acc" if metric_of(summary) == METRIC_ACCURACY else metric_of(summary).split(" ")[0]
 
 
+def target_name(summary: dict) -> str:
+    """What the speedup targets divide (``prune.target``): methods in one column are compared at equal values of
+    it, so a latency-targeted sweep ranks methods at equal measured latency."""
+    target = summary.get("target") or "macs"
+    if target == "latency":
+        return f"measured latency (batch {summary.get('latency_batch', 1)})"
+    return {"macs": "MACs", "params": "params"}[target]
+
+
 SUMMARY_KEYS = {"model": str, "dataset": str, "acc_dense": (int, float), "trials": list}
 
 
@@ -461,7 +470,8 @@ def _legend(board: Board) -> str:
         ranking = (f"[its rank at that speedup]: methods share a rank unless a paired permutation test over the "
                    f"same test images and seeds finds them worse than their group's leader (p < {ALPHA:g}, not "
                    f"corrected for multiple comparisons; the Friedman/Nemenyi test below is the family-wise view)")
-    return (f"Dense {metric} {summary['acc_dense']:.2f}. Each cell: finetuned {metric}, mean over "
+    return (f"Dense {metric} {summary['acc_dense']:.2f}. Methods in one column are pruned to the same "
+            f"{target_name(summary)} speedup. Each cell: finetuned {metric}, mean over "
             f"{_n_seeds(board)} seed(s) ± half its 95% t-interval over seeds, and {ranking}. Δ = change from "
             f"dense; MACs / latency speedup = dense over pruned MACs and measured batch-1 CPU latency; step time = "
             f"pruning seconds, reg time = sparse-training seconds. Rows are ordered by mean rank over speedups.")
@@ -555,11 +565,12 @@ def _plots(board: Board, out: Path) -> dict:
                          fmt="o-", capsize=2, label=label)
     for ax in (axes[0], axes[2]):
         ax.axhline(summary["acc_dense"], color="k", ls=":", label="dense")
-    axes[0].set(xlabel="MACs speedup (target)", ylabel=f"{metric}, mean and 95% interval over seeds",
-                title=f"{short_metric(summary)} vs MACs speedup")
+    target = target_name(summary)
+    axes[0].set(xlabel=f"{target} speedup (target)", ylabel=f"{metric}, mean and 95% interval over seeds",
+                title=f"{short_metric(summary)} vs {target} speedup")
     axes[2].set(xlabel="measured latency speedup (batch 1, CPU; mean over seeds)", ylabel=metric,
                 title=f"{short_metric(summary)} vs measured latency")
-    axes[1].set(xlabel="MACs speedup (target)", ylabel="tied rank (1 = best)", title="rank per speedup (ties: not "
+    axes[1].set(xlabel=f"{target} speedup (target)", ylabel="tied rank (1 = best)", title="rank per speedup (ties: not "
                 "significantly different)")
     axes[1].invert_yaxis()
     axes[0].legend(fontsize=7, ncol=2)

@@ -273,8 +273,8 @@ class LatencyWeighted:
     besides scoring stays as it is.  A group's channel cost sums over its tabulated members: the layers whose
     outputs it removes (their ``out`` curve), the layers whose inputs it removes (``in``, times the inputs per
     channel, e.g. a flatten before a Linear) and depthwise convolutions (``both`` sides at once).  A group of
-    untabulated layers only (norms, activations) costs the least any group costs, never zero: that would make its
-    channels infinitely cheap to lose.
+    untabulated layers only (norms, activations), or one whose timing shows no fall, costs the least a tabulated
+    channel costs, never zero: that would make its channels infinitely costly to lose.
     """
 
     def __init__(self, scores, table: LatencyTable, model: nn.Module, example_inputs: torch.Tensor):
@@ -303,10 +303,19 @@ class LatencyWeighted:
                 depthwise = sig[0] == "conv" and sig[7] > 1 and sig[7] == sig[1] == sig[2]
                 curve = "both" if depthwise else side  # depthwise: inputs, outputs and groups go together
                 total += len(m.idxs) / width * self.table.slope(sig, curve, _current_width(m.layer, side))
-        if total > 0:
-            self.floor = total if self.floor is None else min(self.floor, total)
-            return total
-        return self.floor or 1e-9
+        return total if total > 0 else self._floor()
+
+    def _floor(self) -> float:
+        """The least a tabulated layer's output channel costs, on average over its curve: fixed once, so that a
+        group's score never depends on which groups were scored before it."""
+        if self.floor is None:
+            slopes = []
+            for sig in set(self.signatures.values()):
+                widths, seconds = self.table.curve(sig, "out")
+                if widths[-1] > widths[0]:
+                    slopes.append((seconds[-1] - seconds[0]) / (widths[-1] - widths[0]))
+            self.floor = min((s for s in slopes if s > 0), default=1e-9)
+        return self.floor
 
 
 def _current_width(layer: nn.Module, side: str) -> int:

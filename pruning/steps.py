@@ -27,8 +27,10 @@ TARGETS = ("macs", "params", "latency")  # what ``speedup`` divides: dense / pru
 CONFIRM_ROUNDS = 5   # interleaved dense/pruned timing rounds that confirm a latency target
 CONFIRM_TRIES = 5    # times pruning resumes after a confirmation that fell short, before reporting a shortfall
 LOOP_REPEATS = 10    # timed passes per model in each latency measurement
-NEAR = 0.8           # within this share of a latency target, every step is timed (no extrapolated skipping)
 NEAR_ROUNDS = 3      # interleaved rounds that double-check a single round's claim that the target is met
+MIN_CAP = 0.005      # a step may always remove this share of the dense latency (LatencyCap)
+LATENCY_SUBSTEPS = 4  # a latency target splits each step in this many: importance per second of latency sends a
+                      # step's whole channel share to the costliest layers, a latency drop larger than the 5% aimed at
 DEFAULT_PROTECT = 0.1  # PruningBench's base setting: every group keeps >= 10% of its channels
 
 
@@ -131,12 +133,14 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
     With ``target="latency"`` the criterion's scores become importance per unit of latency saved
     (:class:`pruning.latency.LatencyWeighted`, over a per-layer table cached in ``latency_cache``), the steps stop
     on measured latency, and interleaved timing of the dense and pruned models confirms the target (more steps
-    are taken while it falls short); ``report.latency`` holds that confirming measurement.
+    are taken while it falls short); ``report.latency`` holds that confirming measurement.  Each of the ``steps``
+    is then split into ``LATENCY_SUBSTEPS`` pruner steps (``report.max_steps`` counts those).
     """
     importance, name, needs_data = _importance(method, model, example_inputs, num_classes, seed)
     _validate(speedup, scope, protect, steps, name, needs_data, data, target)
     num_classes = num_classes or _num_classes(model, example_inputs)
     protect = 0.0 if scope == "global" else protect
+    steps = steps * LATENCY_SUBSTEPS if target == "latency" else steps
     # family hooks (attention heads, unwrapped parameters): empty options for a plain CNN
     family = family_options(model, steps=steps, **{k: pruner_options.pop(k) for k in FAMILY_OPTIONS
                                                    if k in pruner_options})
@@ -161,13 +165,15 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
         samples = importance.calibrate(model, list(islice(iter(data), calibration_batches)), pruner)
     seconds_calibrate = time.perf_counter() - start
     meter = _Meter(target, model, example_inputs, latency_batch, latency_threads)
+    cap = None
     if target == "latency":
         table = LatencyTable(latency_batch, latency_threads, latency_cache)
         pruner.estimate_importance = LatencyWeighted(pruner.estimate_importance, table, model, example_inputs)
+        cap = meter.cap = LatencyCap(pruner.estimate_importance, round_to)
     goal = math.inf if speedup is None else speedup
 
     def step():
-        _protected_step(pruner, protect)
+        _protected_step(pruner, protect, cap)
         if family.after_step:
             family.after_step(pruner)
     achieved = _prune_until(pruner, step, meter, goal, steps)
@@ -208,6 +214,8 @@ class _Meter:
         self.inputs = batch_of(example_inputs, batch) if target == "latency" else None
         self.dense_model = copy.deepcopy(model).eval() if target == "latency" else None
         self.dense = None if target == "latency" else self._count()
+        self.cap: Optional[LatencyCap] = None  # a latency target's step cap, updated by every measurement
+        self.dense_seconds: Optional[float] = None  # the dense model's latency in the last measurement
 
     def _count(self) -> float:
         macs, params = count_macs_params(self.model, self.example)
@@ -216,8 +224,10 @@ class _Meter:
     def relative(self, rounds: int = 1) -> float:
         """Pruned cost / dense cost (the inverse of the speedup reached)."""
         if self.target == "latency":
-            return 1.0 / compare(self.dense_model, self.model, self.inputs, rounds=rounds, repeats=LOOP_REPEATS,
-                                 threads=self.threads)["speedup"]
+            timing = compare(self.dense_model, self.model, self.inputs, rounds=rounds, repeats=LOOP_REPEATS,
+                             threads=self.threads)
+            self.dense_seconds = timing["dense"]
+            return 1.0 / timing["speedup"]
         return self._count() / self.dense
 
     @property
@@ -242,9 +252,10 @@ def _prune_until(pruner, step, meter: _Meter, goal: float, steps: int, achieved:
         if meter.noisy and 1.0 / relative >= goal:  # a single timing round can be lucky: look again, longer
             relative = meter.relative(rounds=NEAR_ROUNDS)
         achieved = 1.0 / relative
-        # timing noise would make the extrapolation jump past the target: near it, every step is measured
-        near = meter.noisy and achieved >= NEAR * goal
-        unchecked = 0 if near else _steps_surely_short(relative, before, 1.0 / goal)
+        if meter.cap is not None and math.isfinite(goal):
+            meter.cap.update(relative, goal, meter.dense_seconds)
+        # timing noise would make the extrapolation jump past the target: a measured target times every step
+        unchecked = 0 if meter.noisy else _steps_surely_short(relative, before, 1.0 / goal)
     return achieved
 
 
@@ -289,31 +300,99 @@ def _steps_surely_short(macs: float, previous: float, target: float) -> int:
     return max(0, int(0.25 * (macs - target) / drop) - 1)
 
 
-def _protected_step(pruner: tp.pruner.BasePruner, protect: float) -> None:
-    """One pruner step in which no group falls below ``protect`` of its initial width.
+def _protected_step(pruner: tp.pruner.BasePruner, protect: float, cap: Optional["LatencyCap"] = None) -> None:
+    """One pruner step in which no group falls below ``protect`` of its initial width (and, with a ``cap`` that
+    holds a budget, that removes no more predicted latency than the budget).
 
     Torch-Pruning checks the floor only before a step; a global threshold can still take a group below it within
-    the step, so each group is trimmed to keep its most important channels above the floor.
+    the step, so each group is trimmed to keep its most important channels above the floor.  The groups of one
+    step touch disjoint layers, so they can all be chosen before any is pruned.
     """
-    for g in pruner.step(interactive=True):
-        dep, idxs = g[0]
-        module = dep.target.module
-        is_out = pruner.DG.is_out_channel_pruning_fn(dep.handler)
-        initial = (pruner.layer_init_out_ch if is_out else pruner.layer_init_in_ch).get(module)
-        current = pruner.DG.get_out_channels(module) if is_out else pruner.DG.get_in_channels(module)
-        # attention heads and grouped channels prune in fixed patterns that trimming would break
-        if protect > 0 and initial and current and not is_attention_group(pruner, g) and channel_groups(pruner, g) == 1:
-            allowed = current - max(1, math.ceil(initial * protect - 1e-9))
-            if allowed <= 0:
-                continue
-            if len(idxs) > allowed:
-                full = pruner.DG.get_pruning_group(module, dep.handler, list(range(current)))
-                scores = pruner.estimate_importance(full)
-                chosen = [int(i) for i in idxs]
-                if scores is not None and len(scores) > max(chosen):
-                    chosen.sort(key=lambda i: float(scores[i]))
-                g = pruner.DG.get_pruning_group(module, dep.handler, chosen[:allowed])
+    groups = [g for g in (_within_protection(pruner, g, protect) for g in pruner.step(interactive=True)) if g]
+    if cap is not None and cap.seconds is not None:
+        groups = cap.trim(pruner, groups)
+    for g in groups:
         g.prune()
+
+
+def _within_protection(pruner: tp.pruner.BasePruner, g, protect: float):
+    """``g`` with only as many of its channels as keep the group at ``protect`` of its initial width (its least
+    important ones), or None when it is at the floor already."""
+    dep, idxs = g[0]
+    module, is_out, current = _root(pruner, g)
+    initial = (pruner.layer_init_out_ch if is_out else pruner.layer_init_in_ch).get(module)
+    # attention heads and grouped channels prune in fixed patterns that trimming would break
+    if not (protect > 0 and initial and current) or not _trimmable(pruner, g):
+        return g
+    allowed = current - max(1, math.ceil(initial * protect - 1e-9))
+    if allowed <= 0:
+        return None
+    if len(idxs) <= allowed:
+        return g
+    chosen = [int(i) for i in idxs]
+    scores = _scores(pruner, g)
+    if scores is not None and len(scores) > max(chosen):
+        chosen.sort(key=lambda i: float(scores[i]))
+    return pruner.DG.get_pruning_group(module, dep.handler, chosen[:allowed])
+
+
+def _trimmable(pruner: tp.pruner.BasePruner, g) -> bool:
+    """Whether a subset of the group's chosen channels can be pruned on its own: not attention heads, not grouped
+    channels."""
+    return not is_attention_group(pruner, g) and channel_groups(pruner, g) == 1
+
+
+def _scores(pruner: tp.pruner.BasePruner, g):
+    """The pruner's scores for every channel of the group's root layer (None: the criterion has none for it)."""
+    module, _, current = _root(pruner, g)
+    return pruner.estimate_importance(pruner.DG.get_pruning_group(module, g[0].dep.handler, list(range(current))))
+
+
+def _root(pruner: tp.pruner.BasePruner, g):
+    """The group's root layer, whether the group prunes its outputs, and its current width on that side."""
+    dep = g[0].dep
+    module = dep.target.module
+    is_out = pruner.DG.is_out_channel_pruning_fn(dep.handler)
+    return module, is_out, pruner.DG.get_out_channels(module) if is_out else pruner.DG.get_in_channels(module)
+
+
+class LatencyCap:
+    """How much predicted latency one step may remove on the way to a latency target.
+
+    Torch-Pruning's steps remove a share of the channel *count*; ranked by importance per second, a step's share
+    lands on the costliest layers and can cut latency by more than the tolerance aimed at.  So a step keeps, across
+    its groups, only the least important channels (by the weighted scores) whose summed latency cost from the table
+    stays within half the remaining gap, measured after the previous step (at least ``MIN_CAP`` of the dense
+    latency); the channel schedule catches up in later steps.  ``seconds`` is None before the first measurement."""
+
+    def __init__(self, weighted: LatencyWeighted, round_to: Optional[int]):
+        self.weighted, self.round_to = weighted, round_to
+        self.seconds: Optional[float] = None
+
+    def update(self, relative: float, goal: float, dense_seconds: float) -> None:
+        """After a measurement: ``relative`` pruned/dense latency, against ``1/goal``."""
+        self.seconds = max(MIN_CAP, 0.5 * (relative - 1.0 / goal)) * dense_seconds
+
+    def trim(self, pruner: tp.pruner.BasePruner, groups: list) -> list:
+        """``groups`` cut to the budget; groups whose channels cannot be split (attention heads, grouped channels,
+        ``round_to`` multiples) are kept whole."""
+        whole, ranked = [], []  # ranked: (weighted score, group index, channel, seconds per channel)
+        for i, g in enumerate(groups):
+            scores = _scores(pruner, g) if _trimmable(pruner, g) and not self.round_to else None
+            if scores is None:
+                whole.append(g)
+                continue
+            cost = self.weighted.cost(g)
+            ranked += [(float(scores[int(j)]), i, int(j), cost) for j in g[0].idxs]
+        kept, spent = {}, 0.0
+        for score, i, j, cost in sorted(ranked):
+            if kept and spent + cost > self.seconds:
+                break
+            kept.setdefault(i, []).append(j)
+            spent += cost
+        trimmed = [pruner.DG.get_pruning_group(groups[i][0].dep.target.module, groups[i][0].dep.handler, idxs)
+                   for i, idxs in kept.items()]
+        return whole + trimmed
 
 
 def _importance(method, model, example_inputs, num_classes, seed):
