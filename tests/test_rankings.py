@@ -161,3 +161,15 @@ def test_a_trial_runs_in_its_seeds_context_and_its_key_ignores_the_other_seeds()
     one = per_seed.for_seed(1)
     assert (one.dense, one.dense_hash, one.dense_eval, one.params.seed) == ("dense-1.pt", "hash1", {"acc": 97.0}, 1)
     assert Trial("l2", 2.0, "protected", 1).key(one) != key  # its own dense baseline: its own trial
+
+
+def test_a_latency_targeted_board_shows_the_confirmed_latency_at_the_targets_batch(summary):
+    """At a latency target the cells equalize measured latency at ``latency_batch``: the latency column is the
+    confirmed speedup there (``achieved``), not the batch-1 timing taken at evaluation."""
+    trials = [{**t, "target": "latency", "achieved": 2.0 + 0.01 * t["seed"]} for t in summary["trials"]]
+    board = lb.build({**summary, "trials": trials, "target": "latency", "latency_batch": 32})
+    assert board.cells[("a", "protected", 2.0)]["latency_speedup"] == pytest.approx(2.01)
+    text = lb.markdown(board)
+    assert "same measured latency (batch 32) speedup" in text and "measured batch-32 CPU latency" in text
+    assert "2.00x / 2.01x" in text
+    assert "measured batch-1 CPU latency" in lb.markdown(lb.build(summary))
