@@ -4,7 +4,7 @@ and is the latency-targeted model as accurate as a MACs-targeted one at equal me
     .venv/bin/python benchmarks/latency_target.py targets  [--models resnet18 mobilenetv3 deit] [--batches 1 32]
     .venv/bin/python benchmarks/latency_target.py rounding [--models resnet18 mobilenetv3] [--round-to 8 16]
     .venv/bin/python benchmarks/latency_target.py accuracy [--seeds 0 1 2]
-    (add --save to merge the part's results into benchmarks/results/latency_target.json)
+    (add --save to merge the part's rows into benchmarks/results/latency_target.json, replacing rerun ones)
 
 ``targets``: each model pruned with ``target="latency"``, ``speedup=2`` at each batch (l2, protected scope), saved,
 read back from disk, and timed against a freshly built dense model in 5 independent measurements (each the median
@@ -14,7 +14,7 @@ Weights are untrained: latency does not depend on them.  ``rounding``: MACs targ
 ``round_to``; the latency speedup at batch 1 and 32 against the MACs speedup.  ``accuracy``: resnet20 (``--model``)
 on digits at 32x32, latency at batch 32 (``--latency-batch``), through ``prunebench prune`` (trained dense baseline,
 10 finetune epochs, every seed): the latency-targeted model against a MACs-targeted one whose MACs speedup was chosen
-(bisection on an untrained copy) to give the same measured latency speedup.
+(bisection on the trained dense checkpoint) to give the same measured latency speedup.
 
 Models at CIFAR shapes (3x32x32): resnet18 (prunebench's CIFAR variant), timm mobilenetv3_small_050, timm
 deit_tiny_patch16_224 with patch_size 8 (16 tokens).  Run it on an otherwise idle machine.
@@ -103,8 +103,13 @@ def rounding(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             for round_to in [None, *args.round_to]:
-                pruned, report = pruning.prune(build(model), EXAMPLE, "l2", args.speedup, "protected",
-                                               round_to=round_to)
+                try:
+                    pruned, report = pruning.prune(build(model), EXAMPLE, "l2", args.speedup, "protected",
+                                                   round_to=round_to)
+                except pruning.PruneBenchError as refused:  # a multiple wider than a layer: the product says no
+                    rows.append({"model": model, "round_to": round_to, "refused": str(refused)})
+                    print(json.dumps(rows[-1]), flush=True)
+                    continue
                 path = save(model, pruned, Path(tmp) / f"{model}-{round_to}.pt")
                 row = {"model": model, "round_to": round_to, "macs_speedup": report.speedup}
                 for batch in args.batches:
@@ -116,13 +121,20 @@ def rounding(args) -> list[dict]:
     return rows
 
 
-def macs_speedup_for_latency(model: str, goal: float, batch: int, threads: int) -> float:
-    """The MACs speedup at which plain (MACs-targeted) l2 pruning runs ``goal`` times faster (bisection)."""
-    low, high = 1.05, 8.0
-    for _ in range(7):
+def macs_speedup_for_latency(dense: Path, goal: float, batch: int, threads: int) -> float:
+    """The MACs speedup at which plain (MACs-targeted) l2 pruning of the trained ``dense`` checkpoint runs ``goal``
+    times faster (bisection; the trained weights decide where l2 prunes, so the allocation is the trial's own)."""
+    def trained():
+        return pruning.load_checkpoint(dense)[0].eval()
+    low, high = 1.05, 12.0
+    for _ in range(8):
         middle = (low * high) ** 0.5
-        pruned, _ = pruning.prune(build(model), EXAMPLE, "l2", middle, "protected")
-        speedup = latency.compare(build(model), pruned, latency.batch_of(EXAMPLE, batch), rounds=5, repeats=10,
+        try:
+            pruned, _ = pruning.prune(trained(), EXAMPLE, "l2", middle, "protected")
+        except pruning.PruneBenchError:  # more MACs than the protection lets go
+            high = middle
+            continue
+        speedup = latency.compare(trained(), pruned, latency.batch_of(EXAMPLE, batch), rounds=5, repeats=10,
                                   threads=threads)["speedup"]
         low, high = (middle, high) if speedup < goal else (low, middle)
     return round(high, 3)
@@ -132,14 +144,17 @@ def accuracy(args) -> dict:
     """Both targets through ``prunebench prune`` on one trained ``args.model`` (seed 0's baseline), each seed's
     prune and finetune with that seed, latency measured at ``args.latency_batch``."""
     from tests.helpers import make_project
-    macs = macs_speedup_for_latency(args.model, args.speedup, args.latency_batch, args.threads)
-    out = {"macs_speedup_for_equal_latency": macs, "trials": []}
+    out = {"trials": []}
     with tempfile.TemporaryDirectory() as tmp:
         proj, env = make_project(Path(tmp), profile=None)
         dense = None
         for seed in args.seeds:
             _set_seed(proj / "params.yaml", seed)
-            for target, speedup in (("latency", args.speedup), ("macs", macs)):
+            for target in ("latency", "macs"):
+                if target == "macs" and "macs_speedup_for_equal_latency" not in out:  # once the dense is trained
+                    out["macs_speedup_for_equal_latency"] = macs_speedup_for_latency(
+                        dense, args.speedup, args.latency_batch, args.threads)
+                speedup = args.speedup if target == "latency" else out["macs_speedup_for_equal_latency"]
                 cmd = [str(Path(sys.executable).parent / "prunebench"), "prune", "--model", args.model, "--dataset",
                        "digits", "--input-size", "32", "--method", "l2", "--speedup", str(speedup), "--target",
                        target, "--latency-batch", str(args.latency_batch), "--json"]
@@ -185,11 +200,19 @@ def main(argv=None) -> int:
     result = {"targets": targets, "rounding": rounding, "accuracy": accuracy}[args.part](args)
     if args.save:
         saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        if isinstance(result, list):  # rows of models: a rerun of some keeps the others'
+            rerun = {_key(n) for n in result}
+            result = [r for r in saved.get(args.part, {}).get("rows", []) if _key(r) not in rerun] + result
         saved[args.part] = {"rows": result, "machine": {"cpu": latency.device_name(), "cores": os.cpu_count(),
                                                         "threads": args.threads, "torch": torch.__version__,
                                                         "python": platform.python_version()}}
         RESULTS.write_text(json.dumps(saved, indent=1, default=float) + "\n")
     return 0
+
+
+def _key(row: dict) -> tuple:
+    """What a row measured (its model, batch or rounding)."""
+    return tuple(row.get(k) for k in ("model", "batch", "round_to", "seed"))
 
 
 if __name__ == "__main__":

@@ -282,7 +282,7 @@ class LatencyWeighted:
         self.table = table
         shapes = layer_inputs(model, example_inputs)
         self.signatures = {m: sig for m, shape in shapes.items() if (sig := signature(m, shape)) is not None}
-        self.floor: Optional[float] = None
+        self._floor: Optional[float] = None
 
     def __call__(self, group):
         scores = self.scores(group)
@@ -303,19 +303,21 @@ class LatencyWeighted:
                 depthwise = sig[0] == "conv" and sig[7] > 1 and sig[7] == sig[1] == sig[2]
                 curve = "both" if depthwise else side  # depthwise: inputs, outputs and groups go together
                 total += len(m.idxs) / width * self.table.slope(sig, curve, _current_width(m.layer, side))
-        return total if total > 0 else self._floor()
+        return total if total > 0 else self.floor()
 
-    def _floor(self) -> float:
+    def floor(self) -> float:
         """The least a tabulated layer's output channel costs, on average over its curve: fixed once, so that a
         group's score never depends on which groups were scored before it."""
-        if self.floor is None:
+        if self._floor is None:
             slopes = []
             for sig in set(self.signatures.values()):
+                if sig[0] == "conv" and sig[7] > 1:  # grouped: its out curve alone is not a layer that exists
+                    continue
                 widths, seconds = self.table.curve(sig, "out")
                 if widths[-1] > widths[0]:
                     slopes.append((seconds[-1] - seconds[0]) / (widths[-1] - widths[0]))
-            self.floor = min((s for s in slopes if s > 0), default=1e-9)
-        return self.floor
+            self._floor = min((s for s in slopes if s > 0), default=1e-9)
+        return self._floor
 
 
 def _current_width(layer: nn.Module, side: str) -> int:

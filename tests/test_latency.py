@@ -3,6 +3,7 @@ table and its disk cache, importance per unit of latency saved, pruning to a mea
 channel rounding, and the bad input of all of them.  Whether targets are met fast and closely enough is measured by
 benchmarks/latency_target.py, not here."""
 import copy
+import json
 
 import pytest
 import torch
@@ -144,6 +145,18 @@ def tp_full(pruner, g):
     return pruner.DG.get_pruning_group(dep.target.module, dep.handler, list(range(dep.target.module.out_channels)))
 
 
+def test_an_untimed_channels_cost_is_fixed_once_and_skips_grouped_layers(tmp_path):
+    """A group whose timing shows no fall costs the least a tabulated output channel costs: one value whatever
+    was scored before, measured without building grouped convolutions at widths their groups do not divide."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 4, 1)).eval()
+    example = torch.randn(1, 3, 8, 8)
+    weighted = latency.LatencyWeighted(lambda g: None, latency.LatencyTable(1, 1, tmp_path), model, example)
+    floor = weighted.floor()
+    assert 0 < floor == weighted.floor()
+    timed = [json.loads(k) for k in weighted.table.entries]
+    assert {side for _, side in timed} == {"out"} and {sig[7] for sig, _ in timed} == {1}
+
+
 def test_prune_to_a_params_target():
     _, report = pruning.prune(resnet20(), EXAMPLE, "l2", 2.0, "protected", target="params")
     assert report.target == "params" and report.params_dense / report.params_pruned == pytest.approx(report.achieved)
@@ -230,7 +243,6 @@ def test_latency_target_through_prune_and_benchmark(tmp_path):
     """The issue's check: ``prunebench prune --target latency --json`` reports a measured latency speedup that an
     independent timing of the saved checkpoint confirms; a latency-targeted benchmark ranks its methods at equal
     measured latency and says so.  The tolerance is wide: how closely targets land is benchmarks' business."""
-    import json
     import subprocess
 
     from helpers import BIN, make_project
