@@ -4,6 +4,7 @@ and is the latency-targeted model as accurate as a MACs-targeted one at equal me
     .venv/bin/python benchmarks/latency_target.py targets  [--models resnet18 mobilenetv3 deit] [--batches 1 32]
     .venv/bin/python benchmarks/latency_target.py rounding [--models resnet18 mobilenetv3] [--round-to 8 16]
     .venv/bin/python benchmarks/latency_target.py accuracy [--seeds 0 1 2]
+    .venv/bin/python benchmarks/latency_target.py cli
     (add --save to merge the part's rows into benchmarks/results/latency_target.json, replacing rerun ones)
 
 ``targets``: each model pruned with ``target="latency"``, ``speedup=2`` at each batch (l2, protected scope), saved,
@@ -174,6 +175,35 @@ def accuracy(args) -> dict:
     return out
 
 
+def cli(args) -> dict:
+    """The issue's check, as a user runs it: ``prunebench prune --model resnet18 --dataset digits --method l2
+    --speedup 2 --target latency --json`` in a fresh project (digits at its native 8x8, the default latency batch
+    1), then the saved checkpoint against the dense baseline it was pruned from, timed independently."""
+    from tests.helpers import make_project
+    with tempfile.TemporaryDirectory() as tmp:
+        proj, env = make_project(Path(tmp), profile=None)
+        cmd = [str(Path(sys.executable).parent / "prunebench"), "prune", "--model", "resnet18", "--dataset", "digits",
+               "--method", "l2", "--speedup", str(args.speedup), "--target", "latency", "--json", "--out", "pruned.pt"]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(proc.stderr.strip().splitlines()[-1])
+        record = json.loads(proc.stdout)
+        check = record["latency_check"]
+        pruned, _ = pruning.load_checkpoint(proj / "pruned.pt")
+        dense, meta = pruning.load_checkpoint(next((proj / "models" / "cache").glob("dense-resnet18-*.pt")))
+        inputs = latency.batch_of(torch.randn(1, 3, meta["input_size"], meta["input_size"]), check["batch"])
+        runs = [latency.compare(dense, pruned, inputs, rounds=5, repeats=10, threads=check["threads"])["speedup"]
+                for _ in range(MEASUREMENTS)]
+    row = {"command": " ".join(["prunebench", *cmd[1:]]), "seconds": time.perf_counter() - start,
+           "reported": record["achieved"], "target_reached": record["target_reached"], "latency_check": check,
+           "macs_speedup": record["speedup"], "acc_dense": record["acc_dense"],
+           "acc_finetuned": record["acc_finetuned"],
+           "independent": {"median": statistics.median(runs), "min": min(runs), "max": max(runs), "runs": runs}}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def _set_seed(params_file: Path, seed: int) -> None:
     import yaml
     params = yaml.safe_load(params_file.read_text())
@@ -183,7 +213,7 @@ def _set_seed(params_file: Path, seed: int) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("part", choices=["targets", "rounding", "accuracy"])
+    ap.add_argument("part", choices=["targets", "rounding", "accuracy", "cli"])
     ap.add_argument("--models", nargs="+", default=None, choices=list(MODELS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     ap.add_argument("--round-to", nargs="+", type=int, default=[8, 16])
@@ -197,7 +227,7 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
     if args.models is None:
         args.models = ["resnet18", "mobilenetv3", "deit"] if args.part == "targets" else ["resnet18", "mobilenetv3"]
-    result = {"targets": targets, "rounding": rounding, "accuracy": accuracy}[args.part](args)
+    result = {"targets": targets, "rounding": rounding, "accuracy": accuracy, "cli": cli}[args.part](args)
     if args.save:
         saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
         if isinstance(result, list):  # rows of models: a rerun of some keeps the others'
