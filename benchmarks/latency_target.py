@@ -4,7 +4,7 @@ and is the latency-targeted model as accurate as a MACs-targeted one at equal me
     .venv/bin/python benchmarks/latency_target.py targets  [--models resnet18 mobilenetv3 deit] [--batches 1 32]
     .venv/bin/python benchmarks/latency_target.py rounding [--models resnet18 mobilenetv3] [--round-to 8 16]
     .venv/bin/python benchmarks/latency_target.py accuracy [--seeds 0 1 2]
-    .venv/bin/python benchmarks/latency_target.py cli
+    .venv/bin/python benchmarks/latency_target.py cli [--input-size 32] [--pretrain-epochs 20] [--finetune-epochs 10]
     (add --save to merge the part's rows into benchmarks/results/latency_target.json, replacing rerun ones)
 
 ``targets``: each model pruned with ``target="latency"``, ``speedup=2`` at each batch (l2, protected scope), saved,
@@ -150,7 +150,7 @@ def accuracy(args) -> dict:
         proj, env = make_project(Path(tmp), profile=None)
         dense = None
         for seed in args.seeds:
-            _set_seed(proj / "params.yaml", seed)
+            _set_params(proj / "params.yaml", seed=seed)
             for target in ("latency", "macs"):
                 if target == "macs" and "macs_speedup_for_equal_latency" not in out:  # once the dense is trained
                     out["macs_speedup_for_equal_latency"] = macs_speedup_for_latency(
@@ -177,13 +177,17 @@ def accuracy(args) -> dict:
 
 def cli(args) -> dict:
     """The issue's check, as a user runs it: ``prunebench prune --model resnet18 --dataset digits --method l2
-    --speedup 2 --target latency --json`` in a fresh project (digits at its native 8x8, the default latency batch
-    1), then the saved checkpoint against the dense baseline it was pruned from, timed independently."""
+    --speedup 2 --target latency --json`` in a fresh project (the default latency batch 1; ``--input-size``, else
+    digits' native 8x8), then the saved checkpoint against the dense baseline it was pruned from, timed
+    independently.  ``--pretrain-epochs`` and ``--finetune-epochs`` shorten training: latency does not depend on it."""
     from tests.helpers import make_project
     with tempfile.TemporaryDirectory() as tmp:
         proj, env = make_project(Path(tmp), profile=None)
+        _set_params(proj / "params.yaml", pretrain={"epochs": args.pretrain_epochs})
         cmd = [str(Path(sys.executable).parent / "prunebench"), "prune", "--model", "resnet18", "--dataset", "digits",
-               "--method", "l2", "--speedup", str(args.speedup), "--target", "latency", "--json", "--out", "pruned.pt"]
+               "--method", "l2", "--speedup", str(args.speedup), "--target", "latency", "--json", "--out", "pruned.pt",
+               "--finetune-epochs", str(args.finetune_epochs)]
+        cmd += ["--input-size", str(args.input_size)] if args.input_size else []
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
         if proc.returncode:
@@ -195,7 +199,8 @@ def cli(args) -> dict:
         inputs = latency.batch_of(torch.randn(1, 3, meta["input_size"], meta["input_size"]), check["batch"])
         runs = [latency.compare(dense, pruned, inputs, rounds=5, repeats=10, threads=check["threads"])["speedup"]
                 for _ in range(MEASUREMENTS)]
-    row = {"command": " ".join(["prunebench", *cmd[1:]]), "seconds": time.perf_counter() - start,
+    row = {"command": " ".join(["prunebench", *cmd[1:]]), "pretrain_epochs": args.pretrain_epochs,
+           "seconds": time.perf_counter() - start,
            "reported": record["achieved"], "target_reached": record["target_reached"], "latency_check": check,
            "macs_speedup": record["speedup"], "acc_dense": record["acc_dense"],
            "acc_finetuned": record["acc_finetuned"],
@@ -204,10 +209,15 @@ def cli(args) -> dict:
     return row
 
 
-def _set_seed(params_file: Path, seed: int) -> None:
+def _set_params(params_file: Path, **sections) -> None:
+    """Top-level values (``seed=1``) or sections' keys (``pretrain={"epochs": 2}``) set in a project's params.yaml."""
     import yaml
     params = yaml.safe_load(params_file.read_text())
-    params["seed"] = seed
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            params[key] = {**params.get(key, {}), **value}
+        else:
+            params[key] = value
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -221,6 +231,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="resnet20", choices=list(MODELS), help="accuracy: the model trained")
     ap.add_argument("--latency-batch", type=int, default=32, help="accuracy: the batch latency is measured at")
     ap.add_argument("--speedup", type=float, default=2.0)
+    ap.add_argument("--input-size", type=int, default=None, help="cli: image side (default: digits' native 8)")
+    ap.add_argument("--pretrain-epochs", type=int, default=20, help="cli: dense training epochs")
+    ap.add_argument("--finetune-epochs", type=int, default=10, help="cli: finetuning epochs")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args(argv)
