@@ -305,14 +305,19 @@ def _protected_step(pruner: tp.pruner.BasePruner, protect: float, cap: Optional[
     holds a budget, that removes no more predicted latency than the budget).
 
     Torch-Pruning checks the floor only before a step; a global threshold can still take a group below it within
-    the step, so each group is trimmed to keep its most important channels above the floor.  The groups of one
-    step touch disjoint layers, so they can all be chosen before any is pruned.
+    the step, so each group is trimmed to keep its most important channels above the floor.  A group is built
+    right before it is pruned: pruning one group can renumber the channels a later one reaches through a
+    concatenation (YOLO's C2f), while its own root layer's channels stay as they were.
     """
+    if cap is None or cap.seconds is None:
+        for g in pruner.step(interactive=True):
+            g = _within_protection(pruner, g, protect)
+            if g is not None:
+                g.prune()
+        return
     groups = [g for g in (_within_protection(pruner, g, protect) for g in pruner.step(interactive=True)) if g]
-    if cap is not None and cap.seconds is not None:
-        groups = cap.trim(pruner, groups)
-    for g in groups:
-        g.prune()
+    for module, handler, idxs in cap.trim(pruner, groups):
+        pruner.DG.get_pruning_group(module, handler, idxs).prune()
 
 
 def _within_protection(pruner: tp.pruner.BasePruner, g, protect: float):
@@ -373,14 +378,15 @@ class LatencyCap:
         """After a measurement: ``relative`` pruned/dense latency, against ``1/goal``."""
         self.seconds = max(MIN_CAP, 0.5 * (relative - 1.0 / goal)) * dense_seconds
 
-    def trim(self, pruner: tp.pruner.BasePruner, groups: list) -> list:
-        """``groups`` cut to the budget; groups whose channels cannot be split (attention heads, grouped channels,
-        ``round_to`` multiples) are kept whole."""
+    def trim(self, pruner: tp.pruner.BasePruner, groups: list) -> list[tuple]:
+        """``groups`` cut to the budget, as (root layer, pruning function, root channels) to build each group from
+        when it is pruned; groups whose channels cannot be split (attention heads, grouped channels, ``round_to``
+        multiples) are kept whole."""
         whole, ranked = [], []  # ranked: (weighted score, group index, channel, seconds per channel)
         for i, g in enumerate(groups):
             scores = _scores(pruner, g) if _trimmable(pruner, g) and not self.round_to else None
             if scores is None:
-                whole.append(g)
+                whole.append(_root_spec(g, [int(j) for j in g[0].idxs]))
                 continue
             cost = self.weighted.cost(g)
             ranked += [(float(scores[int(j)]), i, int(j), cost) for j in g[0].idxs]
@@ -390,9 +396,11 @@ class LatencyCap:
                 break
             kept.setdefault(i, []).append(j)
             spent += cost
-        trimmed = [pruner.DG.get_pruning_group(groups[i][0].dep.target.module, groups[i][0].dep.handler, idxs)
-                   for i, idxs in kept.items()]
-        return whole + trimmed
+        return whole + [_root_spec(groups[i], idxs) for i, idxs in kept.items()]
+
+
+def _root_spec(g, idxs: list) -> tuple:
+    return g[0].dep.target.module, g[0].dep.handler, idxs
 
 
 def _importance(method, model, example_inputs, num_classes, seed):
