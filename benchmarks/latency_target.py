@@ -4,7 +4,9 @@ and is the latency-targeted model as accurate as a MACs-targeted one at equal me
     .venv/bin/python benchmarks/latency_target.py targets  [--models resnet18 mobilenetv3 deit] [--batches 1 32]
     .venv/bin/python benchmarks/latency_target.py rounding [--models resnet18 mobilenetv3] [--round-to 8 16]
     .venv/bin/python benchmarks/latency_target.py accuracy [--seeds 0 1 2]
-    .venv/bin/python benchmarks/latency_target.py cli [--input-size 32] [--pretrain-epochs 20] [--finetune-epochs 10]
+    .venv/bin/python benchmarks/latency_target.py table [--models resnet18 resnet20] [--batches 1 32]
+    .venv/bin/python benchmarks/latency_target.py cli [--input-size 32] [--latency-batch 1]
+        [--pretrain-epochs 20] [--finetune-epochs 10]
     (add --save to merge the part's rows into benchmarks/results/latency_target.json, replacing rerun ones)
 
 ``targets``: each model pruned with ``target="latency"``, ``speedup=2`` at each batch (l2, protected scope), saved,
@@ -15,7 +17,8 @@ Weights are untrained: latency does not depend on them.  ``rounding``: MACs targ
 ``round_to``; the latency speedup at batch 1 and 32 against the MACs speedup.  ``accuracy``: resnet20 (``--model``)
 on digits at 32x32, latency at batch 32 (``--latency-batch``), through ``prunebench prune`` (trained dense baseline,
 10 finetune epochs, every seed): the latency-targeted model against a MACs-targeted one whose MACs speedup was chosen
-(bisection on the trained dense checkpoint) to give the same measured latency speedup.
+(bisection on the trained dense checkpoint) to give the same measured latency speedup; both saved models are then
+timed like ``targets``' (5 independent measurements against a dense model), so their latencies compare directly.
 
 Models at CIFAR shapes (3x32x32): resnet18 (prunebench's CIFAR variant), timm mobilenetv3_small_050, timm
 deit_tiny_patch16_224 with patch_size 8 (16 tokens).  Run it on an otherwise idle machine.
@@ -37,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import pruning  # noqa: E402
@@ -99,6 +103,34 @@ def targets(args) -> list[dict]:
     return rows
 
 
+def table(args) -> list[dict]:
+    """How steady the per-layer latency table is: two tables measured from scratch, one after the other, and the
+    per-channel cost (``LatencyTable.slope`` at the dense width) of every layer side in both: their Spearman rank
+    correlation and the median relative difference.  The costs decide which layers a latency target prunes, so a
+    table that disagrees with itself makes trials differ by their measurement, not their method."""
+    from scipy.stats import spearmanr
+    rows = []
+    for model in args.models:
+        for batch in args.batches:
+            net = build(model)
+            layers = [(sig, side, latency.dense_width(sig, side)) for sig in
+                      {latency.signature(m, s) for m, s in latency.layer_inputs(net, EXAMPLE).items()} - {None}
+                      for side in ("out", "in") if not (sig[0] == "conv" and sig[7] > 1)]
+            start = time.perf_counter()
+            costs = [[latency.LatencyTable(batch, args.threads).slope(*layer) for layer in layers]
+                     for _ in range(2)]
+            first, second = map(np.array, costs)
+            relative = np.abs(first - second) / np.maximum((first + second) / 2, 1e-12)
+            row = {"model": model, "batch": batch, "layer_sides": len(layers),
+                   "spearman": float(spearmanr(first, second).statistic),
+                   "median_relative_difference": float(np.median(relative)),
+                   "zero_costs": int((first == 0).sum() + (second == 0).sum()),
+                   "seconds_per_table": (time.perf_counter() - start) / 2}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 def rounding(args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,7 +190,7 @@ def accuracy(args) -> dict:
                 speedup = args.speedup if target == "latency" else out["macs_speedup_for_equal_latency"]
                 cmd = [str(Path(sys.executable).parent / "prunebench"), "prune", "--model", args.model, "--dataset",
                        "digits", "--input-size", "32", "--method", "l2", "--speedup", str(speedup), "--target",
-                       target, "--latency-batch", str(args.latency_batch), "--json"]
+                       target, "--latency-batch", str(args.latency_batch), "--json", "--out", "trial.pt"]
                 cmd += ["--checkpoint", str(dense)] if dense else []
                 proc = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
                 if proc.returncode:
@@ -170,14 +202,18 @@ def accuracy(args) -> dict:
                                                     "latency_speedup_batch", "acc_dense", "acc_finetuned",
                                                     "acc_finetuned_lo", "acc_finetuned_hi")}
                 trial["seed"] = seed
+                # both targets' models timed alike, interleaved with a dense one: "equal latency" checked on one
+                # footing (a trial's own figures come from timings taken at different moments)
+                trial["independent"] = independent_timing(proj / "trial.pt", args.model, args.latency_batch,
+                                                          args.threads)
                 print(json.dumps(trial), flush=True)
                 out["trials"].append(trial)
     return out
 
 
-def cli(args) -> dict:
+def cli(args) -> list[dict]:
     """The issue's check, as a user runs it: ``prunebench prune --model resnet18 --dataset digits --method l2
-    --speedup 2 --target latency --json`` in a fresh project (the default latency batch 1; ``--input-size``, else
+    --speedup 2 --target latency --json`` in a fresh project (the default latency batch, 32; ``--input-size``, else
     digits' native 8x8), then the saved checkpoint against the dense baseline it was pruned from, timed
     independently.  ``--pretrain-epochs`` and ``--finetune-epochs`` shorten training: latency does not depend on it."""
     from tests.helpers import make_project
@@ -188,6 +224,7 @@ def cli(args) -> dict:
                "--method", "l2", "--speedup", str(args.speedup), "--target", "latency", "--json", "--out", "pruned.pt",
                "--finetune-epochs", str(args.finetune_epochs)]
         cmd += ["--input-size", str(args.input_size)] if args.input_size else []
+        cmd += ["--latency-batch", str(args.latency_batch)] if args.latency_batch else []
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True)
         if proc.returncode:
@@ -199,14 +236,15 @@ def cli(args) -> dict:
         inputs = latency.batch_of(torch.randn(1, 3, meta["input_size"], meta["input_size"]), check["batch"])
         runs = [latency.compare(dense, pruned, inputs, rounds=5, repeats=10, threads=check["threads"])["speedup"]
                 for _ in range(MEASUREMENTS)]
-    row = {"command": " ".join(["prunebench", *cmd[1:]]), "pretrain_epochs": args.pretrain_epochs,
+    row = {"command": " ".join(["prunebench", *cmd[1:]]), "model": "resnet18", "batch": check["batch"],
+           "input_size": meta["input_size"], "pretrain_epochs": args.pretrain_epochs,
            "seconds": time.perf_counter() - start,
            "reported": record["achieved"], "target_reached": record["target_reached"], "latency_check": check,
            "macs_speedup": record["speedup"], "acc_dense": record["acc_dense"],
            "acc_finetuned": record["acc_finetuned"],
            "independent": {"median": statistics.median(runs), "min": min(runs), "max": max(runs), "runs": runs}}
     print(json.dumps(row), flush=True)
-    return row
+    return [row]
 
 
 def _set_params(params_file: Path, **sections) -> None:
@@ -223,13 +261,14 @@ def _set_params(params_file: Path, **sections) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("part", choices=["targets", "rounding", "accuracy", "cli"])
+    ap.add_argument("part", choices=["targets", "rounding", "accuracy", "cli", "table"])
     ap.add_argument("--models", nargs="+", default=None, choices=list(MODELS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     ap.add_argument("--round-to", nargs="+", type=int, default=[8, 16])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--model", default="resnet20", choices=list(MODELS), help="accuracy: the model trained")
-    ap.add_argument("--latency-batch", type=int, default=32, help="accuracy: the batch latency is measured at")
+    ap.add_argument("--latency-batch", type=int, default=None,
+                    help="accuracy (default 32) and cli (default: prunebench's): the batch latency is measured at")
     ap.add_argument("--speedup", type=float, default=2.0)
     ap.add_argument("--input-size", type=int, default=None, help="cli: image side (default: digits' native 8)")
     ap.add_argument("--pretrain-epochs", type=int, default=20, help="cli: dense training epochs")
@@ -237,10 +276,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args(argv)
+    if args.part == "accuracy":
+        args.latency_batch = args.latency_batch or 32
     warnings.simplefilter("ignore")
     if args.models is None:
-        args.models = ["resnet18", "mobilenetv3", "deit"] if args.part == "targets" else ["resnet18", "mobilenetv3"]
-    result = {"targets": targets, "rounding": rounding, "accuracy": accuracy, "cli": cli}[args.part](args)
+        args.models = {"targets": ["resnet18", "mobilenetv3", "deit"], "table": ["resnet18", "resnet20"]}.get(
+            args.part, ["resnet18", "mobilenetv3"])
+    result = {"targets": targets, "rounding": rounding, "accuracy": accuracy, "cli": cli, "table": table}[args.part](args)
     if args.save:
         saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
         if isinstance(result, list):  # rows of models: a rerun of some keeps the others'
@@ -255,7 +297,7 @@ def main(argv=None) -> int:
 
 def _key(row: dict) -> tuple:
     """What a row measured (its model, batch or rounding)."""
-    return tuple(row.get(k) for k in ("model", "batch", "round_to", "seed"))
+    return tuple(row.get(k) for k in ("model", "batch", "round_to", "seed", "input_size"))
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ class PruneParams(_Section):
     head_dim_ratio: Optional[float] = Field(None, ge=0, lt=1)  # None: head dims ranked in the scope
     target: str = "macs"           # what a speedup divides: macs (the paper's) | params | latency (measured)
     round_to: Optional[int] = Field(None, ge=1)  # keep pruned widths a multiple of this (None: any width)
-    latency_batch: int = Field(1, ge=1)          # the batch a latency target is measured at
+    latency_batch: int = Field(32, ge=1)         # the batch a latency target is measured at (as evaluate's)
 
     @field_validator("scope")
     @classmethod

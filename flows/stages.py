@@ -383,7 +383,7 @@ def check_reachable(params: Params, speedup: float) -> None:
         raise pruning.PruneBenchError(
             f"latency speedup {speedup:g}x is unreachable for {params.model.name} at batch {p.latency_batch}: with "
             f"every layer group at the protection floor {protect:g} it runs {best:.2f}x faster than dense here; "
-            f"lower --speedup or prune.protect")
+            f"lower --speedup or prune.protect, or time a larger --latency-batch or --input-size")
 
 
 def detection_data(params: Params):

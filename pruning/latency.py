@@ -6,7 +6,8 @@
 * :class:`LatencyTable` holds, per prunable layer (``Conv2d``, ``Linear``), the seconds of that layer alone as a
   function of its remaining channels, measured on this device at the model's input shape and a batch size, and
   cached on disk per device, thread count and torch version (a second prune of the same architecture measures
-  nothing).  Its grid is every eighth of the layer's width, interpolated between.
+  nothing).  Its grid is every eighth of the layer's width, each point the median of three passes; a channel's
+  cost is the curve's Theil-Sen slope, robust to the steps and noise between neighbouring points.
 * :class:`LatencyWeighted` turns any Torch-Pruning importance into importance per unit of latency saved (the idea
   of HALP, Shen et al. 2022): each group's scores are divided by the seconds one of its channels costs, read from
   the table, so the pruner's own ranking (with its scope and protection) removes the channels that buy the most
@@ -28,6 +29,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from scipy.stats import theilslopes
 from torch import nn
 
 from .errors import PruneBenchError
@@ -36,6 +38,8 @@ from .tp_adapter import IN_FNS, OUT_FNS, group_members
 
 GRID = 8            # table points per layer: every eighth of its dense width
 MIN_SECONDS = 0.02  # a table point times at least this long in total (several calls of a fast layer)
+PASSES = 3          # passes over a layer's grid; each point is the median of its passes
+TABLE_VERSION = 2   # part of the cache key: tables measured another way are measured again
 
 
 # --------------------------------------------------------------------------- measuring
@@ -192,7 +196,8 @@ def _standalone(sig: tuple, side: str, width: int, batch: int) -> tuple[nn.Modul
     return nn.Linear(fin, fout, bias), torch.randn(batch, *lead, fin)
 
 
-def _dense_width(sig: tuple, side: str) -> int:
+def dense_width(sig: tuple, side: str) -> int:
+    """A layer's dense channel count on ``side`` (``in`` or ``out``)."""
     return sig[1] if side == "in" else sig[2]
 
 
@@ -222,15 +227,18 @@ class LatencyTable:
 
     def key(self) -> str:
         """Device, threads, batch and torch version: what every entry's seconds depend on besides the layer."""
-        what = [device_name(), self.threads, self.batch, torch.__version__, "cpu"]
+        what = [device_name(), self.threads, self.batch, torch.__version__, "cpu", TABLE_VERSION]
         return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
     def curve(self, sig: tuple, side: str) -> tuple[list, list]:
-        """(widths, seconds) of a layer over its grid, measured on first use."""
+        """(widths, seconds) of a layer over its grid, measured on first use: ``PASSES`` passes over the grid, each
+        point the median of its passes, so that a drift of the machine during one pass moves one of three values
+        per point rather than a run of neighbouring points."""
         name = json.dumps([sig, side])
         if name not in self.entries:
-            widths = grid(_dense_width(sig, side) if side != "both" else sig[1])
-            self.entries[name] = {"widths": widths, "seconds": [self._time(sig, side, w) for w in widths]}
+            widths = grid(dense_width(sig, side) if side != "both" else sig[1])
+            passes = [[self._time(sig, side, w) for w in widths] for _ in range(PASSES)]
+            self.entries[name] = {"widths": widths, "seconds": [statistics.median(p) for p in zip(*passes)]}
             self.measured += len(widths)
             self._save()
         entry = self.entries[name]
@@ -241,14 +249,15 @@ class LatencyTable:
         return float(np.interp(width, widths, seconds))
 
     def slope(self, sig: tuple, side: str, width: int) -> float:
-        """Seconds one channel costs at ``width`` (the curve's fall over the eighth below ``width``, per channel;
-        never negative: timing noise must not make a channel look free or paying)."""
-        widths, _ = self.curve(sig, side)
-        step = max(1.0, widths[-1] / GRID)
-        low = max(1.0, width - step)
-        if width <= low:
+        """Seconds one channel costs at ``width``: the Theil-Sen slope (the median of the slopes between every two
+        points) of the curve's points at or below ``width`` (at least the lowest three).  Between neighbouring
+        points CPU latency steps up and down with SIMD alignment and noise, so a neighbour difference often reads
+        zero or doubles; the median of all pairs does not.  Never negative: a channel is never paid to keep."""
+        widths, seconds = self.curve(sig, side)
+        below = max(3, sum(w <= width for w in widths))
+        if len(widths) < 2:
             return 0.0
-        return max(0.0, (self.seconds(sig, side, width) - self.seconds(sig, side, low)) / (width - low))
+        return max(0.0, float(theilslopes(seconds[:below], widths[:below]).slope))
 
     def _time(self, sig: tuple, side: str, width: int) -> float:
         layer, x = _standalone(sig, side, width, self.batch)
@@ -306,16 +315,14 @@ class LatencyWeighted:
         return total if total > 0 else self.floor()
 
     def floor(self) -> float:
-        """The least a tabulated layer's output channel costs, on average over its curve: fixed once, so that a
+        """The least a tabulated layer's output channel costs, over its whole curve: fixed once, so that a
         group's score never depends on which groups were scored before it."""
         if self._floor is None:
             slopes = []
             for sig in set(self.signatures.values()):
                 if sig[0] == "conv" and sig[7] > 1:  # grouped: its out curve alone is not a layer that exists
                     continue
-                widths, seconds = self.table.curve(sig, "out")
-                if widths[-1] > widths[0]:
-                    slopes.append((seconds[-1] - seconds[0]) / (widths[-1] - widths[0]))
+                slopes.append(self.table.slope(sig, "out", dense_width(sig, "out")))
             self._floor = min((s for s in slopes if s > 0), default=1e-9)
         return self._floor
 

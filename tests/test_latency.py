@@ -55,6 +55,22 @@ def test_table_is_measured_once_then_read_from_its_cache(tmp_path):
     assert table.slope(sig, "out", 32) >= 0
 
 
+def test_a_channels_cost_is_the_curves_robust_slope_not_a_neighbours_step():
+    """CPU latency steps with SIMD alignment and noise: a flat or doubled last eighth must not make a layer's
+    channels look free or twice as costly (the old neighbour difference read 0 here)."""
+    sig = latency.signature(nn.Conv2d(16, 32, 3, padding=1), (16, 8, 8))
+    table = latency.LatencyTable(batch=1, threads=1)
+    widths = latency.grid(32)
+    seconds = [1e-6 * w for w in widths]
+    seconds[-1] = seconds[-2]  # a flat step at the top
+    seconds[3] *= 3            # and one noisy point
+    table.entries[json.dumps([sig, "out"])] = {"widths": widths, "seconds": seconds}
+    assert table.slope(sig, "out", 32) == pytest.approx(1e-6, rel=0.2)
+    assert table.slope(sig, "out", 12) == pytest.approx(1e-6, rel=0.01)  # the lowest three points: exact
+    table.entries[json.dumps([sig, "in"])] = {"widths": widths, "seconds": [2e-6 - 1e-8 * w for w in widths]}
+    assert table.slope(sig, "in", 32) == 0.0  # a falling curve is noise: never a negative cost
+
+
 def test_damaged_cache_is_measured_again(tmp_path):
     table = latency.LatencyTable(batch=1, threads=1, path=tmp_path)
     table.path.write_text("{not json")
