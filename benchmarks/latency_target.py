@@ -208,7 +208,24 @@ def accuracy(args) -> dict:
                                                           args.threads)
                 print(json.dumps(trial), flush=True)
                 out["trials"].append(trial)
+    out["paired"] = paired_difference(out["trials"])
+    print(json.dumps(out["paired"]), flush=True)
     return out
+
+
+def paired_difference(trials: list[dict]) -> dict:
+    """Latency-targeted minus MACs-targeted finetuned accuracy, seed by seed (the same dense model, data and finetune
+    recipe per seed): the differences, their mean with its 95% t-interval, and the paired t-test's p-value."""
+    from scipy import stats
+    by_seed = {(t["seed"], t["target"]): t["acc_finetuned"] for t in trials}
+    seeds = sorted({t["seed"] for t in trials if (t["seed"], "macs") in by_seed and (t["seed"], "latency") in by_seed})
+    diffs = [by_seed[s, "latency"] - by_seed[s, "macs"] for s in seeds]
+    if len(diffs) < 2:
+        return {"seeds": seeds, "differences": diffs}
+    test = stats.ttest_1samp(diffs, 0.0)
+    low, high = test.confidence_interval(0.95)
+    return {"seeds": seeds, "differences": diffs, "mean": float(np.mean(diffs)), "interval": [float(low), float(high)],
+            "p_value": float(test.pvalue)}
 
 
 def cli(args) -> list[dict]:

@@ -9,13 +9,20 @@
   nothing).  Its grid is every eighth of the layer's width, each point the median of three passes; a channel's
   cost is the curve's Theil-Sen slope, robust to the steps and noise between neighbouring points.
 * :class:`LatencyWeighted` turns any Torch-Pruning importance into importance per unit of latency saved (the idea
-  of HALP, Shen et al. 2022): each group's scores are divided by the seconds one of its channels costs, read from
-  the table, so the pruner's own ranking (with its scope and protection) removes the channels that buy the most
-  latency for the least importance first.  :func:`pruning.prune` with ``target="latency"`` uses it and stops on
-  measured latency, never on the table's estimate.
+  of HALP, Shen et al. 2022): each group's scores are divided by the seconds one of its channels costs per layer
+  it reaches, read from the table, so the pruner's own ranking (with its scope and protection) removes the
+  channels that buy the most latency for the least importance first.  :func:`pruning.prune` with
+  ``target="latency"`` uses it and stops on measured latency, never on the table's estimate.
+
+Every measurement first calls :func:`steady_allocator`: glibc's malloc returns a large freed block to the kernel
+and maps it afresh on the next forward pass, so each call pays hundreds of page faults, and how many depends on
+the thresholds the process's earlier allocations moved.  Fixed thresholds keep activations in the heap, as the
+tcmalloc or jemalloc that PyTorch's CPU tuning guide recommends would: without them one 16->16 convolution at
+32x32 (batch 32) timed 3.7-7.9 ms with 300-2000 faults a call, with them 1.6-2.8 ms and none.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -39,7 +46,30 @@ from .tp_adapter import IN_FNS, OUT_FNS, group_members
 GRID = 8            # table points per layer: every eighth of its dense width
 MIN_SECONDS = 0.02  # a table point times at least this long in total (several calls of a fast layer)
 PASSES = 3          # passes over a layer's grid; each point is the median of its passes
-TABLE_VERSION = 2   # part of the cache key: tables measured another way are measured again
+TABLE_VERSION = 3   # part of the cache key: tables measured another way are measured again
+MMAP_THRESHOLD = 32 << 20  # glibc's ceiling for it: blocks below it come from the heap, never a fresh mapping
+TRIM_THRESHOLD = 1 << 30   # free heap kept before any is returned to the kernel
+
+
+# --------------------------------------------------------------------------- the allocator
+_allocator: Optional[str] = None
+
+
+def steady_allocator() -> str:
+    """Fix glibc malloc's mmap and trim thresholds for the rest of the process (once; a no-op elsewhere), so that
+    a forward pass reuses its activations' memory instead of faulting fresh pages in, and two processes with
+    different histories time the same model alike.  Returns what latency is measured with: ``glibc-fixed`` or
+    ``default`` (another C library, where this does nothing)."""
+    global _allocator
+    if _allocator is None:
+        _allocator = "default"
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            if libc.mallopt(-3, MMAP_THRESHOLD) == 1 and libc.mallopt(-1, TRIM_THRESHOLD) == 1:  # M_MMAP_, M_TRIM_
+                _allocator = "glibc-fixed"
+        except (OSError, AttributeError):
+            pass
+    return _allocator
 
 
 # --------------------------------------------------------------------------- measuring
@@ -79,6 +109,7 @@ def measure(model, inputs: torch.Tensor, repeats: int = 20, warmup: int = 3,
     """Time ``repeats`` forward passes of ``inputs`` after ``warmup`` untimed ones, at ``threads`` threads.
     ``model`` is an ``nn.Module`` (PyTorch, no grad, eval mode) or the path of an ``.onnx`` file (ONNX Runtime's
     CPU provider, at the same thread count)."""
+    steady_allocator()
     with pinned_threads(threads) as used, _runner(model, inputs, used) as run:
         for _ in range(warmup):
             run()
@@ -129,7 +160,7 @@ def compare(dense, pruned, inputs: torch.Tensor, rounds: int = 5, repeats: int =
         pruned_times.append(p.median)
     return {"speedup": statistics.median(speedups), "speedup_min": min(speedups), "speedup_max": max(speedups),
             "dense": statistics.median(dense_times), "pruned": statistics.median(pruned_times), "rounds": rounds,
-            "repeats": repeats, "threads": d.threads, "batch": d.batch}
+            "repeats": repeats, "threads": d.threads, "batch": d.batch, "allocator": steady_allocator()}
 
 
 def batch_of(example_inputs: torch.Tensor, batch: int) -> torch.Tensor:
@@ -226,8 +257,9 @@ class LatencyTable:
                 self.entries = {}  # a damaged cache is measured again
 
     def key(self) -> str:
-        """Device, threads, batch and torch version: what every entry's seconds depend on besides the layer."""
-        what = [device_name(), self.threads, self.batch, torch.__version__, "cpu", TABLE_VERSION]
+        """Device, threads, batch, torch version and allocator: what every entry's seconds depend on besides the
+        layer."""
+        what = [device_name(), self.threads, self.batch, torch.__version__, "cpu", TABLE_VERSION, steady_allocator()]
         return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
     def curve(self, sig: tuple, side: str) -> tuple[list, list]:
@@ -276,14 +308,19 @@ class LatencyTable:
 
 # --------------------------------------------------------------------------- importance per unit of latency
 class LatencyWeighted:
-    """Group scores divided, group by group, by the seconds one of the group's channels costs.
+    """Group scores divided, group by group, by the seconds one of the group's channels costs per layer it reaches.
 
-    ``scores`` is the pruner's own scoring (``pruner.estimate_importance``), so whatever the importance does
-    besides scoring stays as it is.  A group's channel cost sums over its tabulated members: the layers whose
-    outputs it removes (their ``out`` curve), the layers whose inputs it removes (``in``, times the inputs per
-    channel, e.g. a flatten before a Linear) and depthwise convolutions (``both`` sides at once).  A group of
-    untabulated layers only (norms, activations), or one whose timing shows no fall, costs the least a tabulated
-    channel costs, never zero: that would make its channels infinitely costly to lose.
+    ``scores`` is the pruner's own scoring (``pruner.estimate_importance``), so whatever the importance does besides
+    scoring stays as it is.  A group's channel cost (:meth:`cost`, what a step's latency budget spends) sums over
+    its tabulated members: the layers whose outputs it removes (their ``out`` curve), the layers whose inputs it
+    removes (``in``, times the inputs per channel, e.g. a flatten before a Linear) and depthwise convolutions
+    (``both`` sides at once).  The scores are divided by that sum over the number of layers: the criteria average a
+    group's scores over its layers (Torch-Pruning's group reduction), so a residual channel that reaches nine
+    convolutions counts each once in its importance and must do so in its cost too (divided by the sum, it read nine
+    times as costly as an inner channel of the same layers, and residual streams were cut to the protection floor
+    first).  Where every layer's channel costs the same, the criterion's own ranking stands.  A group of untabulated
+    layers only (norms, activations), or one whose timing shows no fall, costs the least a tabulated channel costs,
+    never zero: that would make its channels infinitely costly to lose.
     """
 
     def __init__(self, scores, table: LatencyTable, model: nn.Module, example_inputs: torch.Tensor):
@@ -297,10 +334,15 @@ class LatencyWeighted:
         scores = self.scores(group)
         if scores is None:
             return None
-        return scores / self.cost(group)
+        seconds, layers = self._costs(group)
+        return scores / (seconds / layers)
 
     def cost(self, group) -> float:
-        """Seconds one root channel of the group costs at the current widths."""
+        """Seconds one root channel of the group costs at the current widths (summed over its layers)."""
+        return self._costs(group)[0]
+
+    def _costs(self, group) -> tuple[float, int]:
+        """(seconds one root channel costs, the tabulated layers they are summed over; 1 for the floor)."""
         width = max(1, len(group[0].idxs))
         total, seen = 0.0, set()
         for side, handlers in (("out", OUT_FNS), ("in", IN_FNS)):
@@ -312,7 +354,9 @@ class LatencyWeighted:
                 depthwise = sig[0] == "conv" and sig[7] > 1 and sig[7] == sig[1] == sig[2]
                 curve = "both" if depthwise else side  # depthwise: inputs, outputs and groups go together
                 total += len(m.idxs) / width * self.table.slope(sig, curve, _current_width(m.layer, side))
-        return total if total > 0 else self.floor()
+        if total <= 0:
+            return self.floor(), 1
+        return total, len(seen)
 
     def floor(self) -> float:
         """The least a tabulated layer's output channel costs, over its whole curve: fixed once, so that a
