@@ -305,7 +305,7 @@ def main(argv=None) -> int:
         if isinstance(result, list):  # rows of models: a rerun of some keeps the others'
             rerun = {_key(n) for n in result}
             result = [r for r in saved.get(args.part, {}).get("rows", []) if _key(r) not in rerun] + result
-        saved[args.part] = {"rows": result, "machine": {"cpu": latency.device_name(), "cores": os.cpu_count(),
+        saved[args.part] = {"rows": result, "machine": {"cpu": latency.cpu_name(), "cores": os.cpu_count(),
                                                         "threads": args.threads, "torch": torch.__version__,
                                                         "python": platform.python_version()}}
         RESULTS.write_text(json.dumps(saved, indent=1, default=float) + "\n")

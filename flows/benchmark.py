@@ -234,10 +234,8 @@ def run_benchmark(params: Params, **paths) -> dict:
             progress.current().message("latency target: trials run one at a time (benchmark.concurrency and "
                                        "dask_address are not used)")
     elif b.dask_address:
-        from prefect_dask import DaskTaskRunner
-        runner = DaskTaskRunner(cluster_kwargs={"n_workers": b.concurrency, "threads_per_worker": 1}) \
-            if b.dask_address == "local" else DaskTaskRunner(address=b.dask_address)
-        flow_fn = benchmark_flow.with_options(task_runner=runner)
+        from .cluster import task_runner
+        flow_fn = benchmark_flow.with_options(task_runner=task_runner(params))
     elif b.concurrency > 1:
         from prefect.task_runners import ProcessPoolTaskRunner
         threads = max(1, (os.cpu_count() or 1) // b.concurrency)

@@ -76,6 +76,13 @@ def registry_help() -> dict:
 PARAMS = typer.Option(None, "--params", show_default="params.yaml",
                       help="the params.yaml to read defaults from (built-in defaults when ./params.yaml is absent)")
 PROFILE = typer.Option(None, "--profile", help="apply the overrides under profiles.<name> in params.yaml")
+DEVICE = typer.Option(None, "--device", show_default=default_from("compute.device"),
+                      help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps")
+
+
+def compute_overrides(device: Optional[str]) -> dict:
+    """``--device`` as a params override (checked with the rest of the params, before any work)."""
+    return {"compute": {"device": device}} if device else {}
 
 
 def show_version(value: bool) -> None:
@@ -190,6 +197,7 @@ def prune(
                                                   help="finetuning epochs after pruning"),
     out: Optional[Path] = typer.Option(None, "--out", help="where to write the pruned checkpoint"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    device: Optional[str] = DEVICE,
     params_file: Optional[Path] = PARAMS,
     profile: Optional[str] = PROFILE,
 ):
@@ -201,7 +209,7 @@ def prune(
                  "prune": {k: v for k, v in {"scope": scope, "recalibrate_bn": recalibrate_bn, "target": target,
                                              "round_to": round_to, "latency_batch": latency_batch}.items()
                            if v is not None},
-                 "finetune": {"distill": distill} if distill is not None else {}}
+                 "finetune": {"distill": distill} if distill is not None else {}, **compute_overrides(device)}
     params = load(params_file, profile, overrides)
     import pruning
 
@@ -324,10 +332,10 @@ def prepare(params_file: Optional[Path] = PARAMS, profile: Optional[str] = PROFI
 @app.command()
 @guarded
 def pretrain(out: Path = typer.Option(Path("models/dense.pt"), "--out", help="where to write the dense checkpoint"),
-             params_file: Optional[Path] = PARAMS, profile: Optional[str] = PROFILE):
+             device: Optional[str] = DEVICE, params_file: Optional[Path] = PARAMS, profile: Optional[str] = PROFILE):
     """Train the dense baseline into models/dense.pt (a DVC output); skipped when it is up to date."""
     start_server()
-    params = load(params_file, profile)
+    params = load(params_file, profile, compute_overrides(device))
     from . import stages
     from .benchmark import pretrain_flow
     stages.preflight(params)
@@ -393,6 +401,7 @@ def benchmark(
                                                  help="read the tracking section (MLflow store) from this params file"),
     write_leaderboard: bool = typer.Option(True, "--leaderboard/--no-leaderboard",
                                            help="also write reports/leaderboard.* (dvc.yaml runs it as its own stage)"),
+    device: Optional[str] = DEVICE,
     params_file: Optional[Path] = PARAMS,
     profile: Optional[str] = PROFILE,
 ):
@@ -415,7 +424,7 @@ def benchmark(
     if dask:
         bench["dask_address"] = dask
     prune_overrides = {k: v for k, v in {"target": target, "round_to": round_to}.items() if v is not None}
-    params = load(params_file, profile, {"benchmark": bench, "prune": prune_overrides})
+    params = load(params_file, profile, {"benchmark": bench, "prune": prune_overrides, **compute_overrides(device)})
     if tracking_from is not None:
         params = params.model_copy(update={"tracking": load(tracking_from, None).tracking})
     from . import leaderboard as lb
@@ -424,6 +433,9 @@ def benchmark(
     from .layout import RESULTS_PATH
     from .report import leaderboard_flow
     from .tracking import tracking_uri
+    if params.benchmark.dask_address:
+        from .cluster import check_scheduler
+        check_scheduler(params.benchmark.dask_address)
     stages.preflight(params)
     stages.check_reachable(params, max(params.benchmark.speedups))
     summary = run_flow(run_benchmark, tracking_uri(params.tracking.mlflow_uri), params)
@@ -461,6 +473,7 @@ def tune(
                                             help="stop starting trials after this many seconds"),
     final: bool = typer.Option(True, "--final/--no-final",
                                help="full finetune of the best allocation, compared with the untuned trial"),
+    device: Optional[str] = DEVICE,
     params_file: Optional[Path] = PARAMS,
     profile: Optional[str] = PROFILE,
 ):
@@ -471,7 +484,8 @@ def tune(
     if methods:
         tune_over["methods"] = _split_list(methods)
     params = load(params_file, profile, {"tune": tune_over, "model": {"name": model} if model else {},
-                                         "data": {"dataset": dataset} if dataset else {}})
+                                         "data": {"dataset": dataset} if dataset else {},
+                                         **compute_overrides(device)})
     methods = params.tune.methods
     if study_name and len(methods) > 1:
         fail("--study-name names one study: give a single --method")

@@ -79,6 +79,17 @@ class TrainParams(_Section):
     warmup_epochs: Optional[int] = Field(None, ge=0)
     label_smoothing: Optional[float] = Field(None, ge=0, lt=1)
     clip_grad: Optional[float] = Field(None, gt=0)
+    milestones: Optional[List[float]] = None  # multistep: fractions of the epochs where the lr drops (0.6 of 100: 60)
+
+    @field_validator("milestones")
+    @classmethod
+    def fractions_in_order(cls, v):
+        if v is None:
+            return v
+        if not all(0 < m < 1 for m in v) or list(v) != sorted(set(v)):
+            raise ValueError(f"milestones {list(v)} must be increasing fractions of the epochs in (0, 1), "
+                             f"e.g. [0.6, 0.8] for epochs 60 and 80 of 100")
+        return [float(m) for m in v]
 
     @field_validator("optimizer")
     @classmethod
@@ -93,6 +104,7 @@ class TrainParams(_Section):
     def recipe(self, epochs: Optional[int] = None) -> Recipe:
         """This phase as a :class:`pruning.train.Recipe` (values resolved, ``epochs`` replaced when given)."""
         fields = {k: getattr(self, k) for k in TrainParams.model_fields}
+        fields["milestones"] = tuple(fields["milestones"])
         return Recipe(**{**fields, **({} if epochs is None else {"epochs": epochs})})
 
 
@@ -278,6 +290,37 @@ class ScheduleParams(_Section):
         return v
 
 
+class ComputeParams(_Section):
+    """Where every stage runs: checked against this machine before any work (a missing GPU is one line, exit 2)."""
+    device: str = "auto"          # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    precision: str = "fp32"       # fp32 | bf16 | fp16: mixed-precision training (fp16 with loss scaling, CUDA)
+    deterministic: bool = True    # reproducible kernels; false lets cuDNN autotune (faster, not bit-reproducible)
+    channels_last: bool = False   # NHWC memory layout while training (faster convolutions on tensor cores)
+
+    @field_validator("device")
+    @classmethod
+    def available_here(cls, v):
+        from pruning.device import resolve_device
+        try:
+            resolve_device(v)
+        except PruneBenchError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def precision_on_this_device(self):
+        from pruning.device import check_precision, resolve_device
+        try:
+            check_precision(self.precision, resolve_device(self.device))
+        except PruneBenchError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    def torch_device(self):
+        from pruning.device import resolve_device
+        return resolve_device(self.device)
+
+
 class TrackingParams(_Section):
     mlflow_uri: str = "sqlite:///mlflow.db"
 
@@ -285,6 +328,7 @@ class TrackingParams(_Section):
 class Params(_Section):
     profile: Optional[str] = None           # a profiles.<name> to apply (what `dvc exp run -S profile=quick` sets)
     seed: int = 0
+    compute: ComputeParams = Field(default_factory=ComputeParams)
     data: DataParams = Field(default_factory=DataParams)
     model: ModelParams = Field(default_factory=ModelParams)
     pretrain: TrainParams = Field(default_factory=TrainParams)
@@ -307,7 +351,8 @@ class Params(_Section):
             section, base = getattr(self, phase), getattr(family, phase)
             for name in TrainParams.model_fields:
                 if getattr(section, name) is None:
-                    setattr(section, name, getattr(base, name))
+                    value = getattr(base, name)
+                    setattr(section, name, list(value) if isinstance(value, tuple) else value)
         return self
 
     @model_validator(mode="after")
@@ -475,9 +520,9 @@ def _lookup(tree, dotted: str):
 # params/<stage>.json, the stage runs on that file alone, and DVC reruns a stage only when its file changes.
 STAGE_PARAMS = {
     "prepare": {"data": {"dataset", "root", "download", "prepared_dir", "input_size"}},
-    "pretrain": {"seed": True, "data": True, "model": True, "pretrain": True},
+    "pretrain": {"seed": True, "compute": True, "data": True, "model": True, "pretrain": True},
     # not `tracking`: where results are logged is no input of the results (the command reads it from params.yaml)
-    "benchmark": {"seed": True, "data": True, "model": True, "pretrain": True,  # pretrain: is dense.pt current?
+    "benchmark": {"seed": True, "compute": True, "data": True, "model": True, "pretrain": True,  # dense.pt current?
                   "sparsify": True, "prune": True, "finetune": True, "evaluate": True, "benchmark": True},
 }
 

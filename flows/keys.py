@@ -105,12 +105,20 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
+def compute_key(params: Params) -> dict:
+    """What results depend on of where they ran: the kind of device (not its index: cuda:0 and cuda:1 of one
+    machine compute alike), the precision, deterministic kernels and memory layout."""
+    c = params.compute
+    return {"device": c.torch_device().type, "precision": c.precision, "deterministic": c.deterministic,
+            "channels_last": c.channels_last}
+
+
 def baseline_key(params: Params) -> str:
-    """What the dense baseline depends on: model, data, pretraining recipe, seed, starting weights."""
+    """What the dense baseline depends on: model, data, pretraining recipe, seed, starting weights, device."""
     from pruning.data import input_size_of
     parts = {"model": params.model.model_dump(), "data": params.data.dataset, "pretrain": params.pretrain.model_dump(),
              "input_size": input_size_of(params.data.dataset, params.data.input_size), "seed": params.seed,
-             "version": 2}
+             "compute": compute_key(params), "version": 3}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -120,7 +128,7 @@ def sparse_key(params: Params, method: str, dense_hash: str, data_hash: str) -> 
     pair = pruning.resolve(method)
     sp = params.sparsify.model_dump() if pair.sparsifier else None
     return make_key("sparsify", pair.criterion.name, pair.sparsifier.name if pair.sparsifier else None, sp,
-                    params.seed, params.data.batch_size, dense_hash, data_hash, code_version())
+                    params.seed, params.data.batch_size, dense_hash, data_hash, code_version(), compute_key(params))
 
 
 def trial_key(params: Params, method: str, speedup: float, scope: str, dense_hash: str, data_hash: str) -> str:
@@ -130,7 +138,7 @@ def trial_key(params: Params, method: str, speedup: float, scope: str, dense_has
 
 
 def dense_eval_key(params: Params, dense_hash: str, data_hash: str) -> str:
-    return make_key(dense_hash, params.evaluate.model_dump(), data_hash)
+    return make_key(dense_hash, params.evaluate.model_dump(), data_hash, compute_key(params))
 
 
 def study_key(params: Params, method: str, speedup: Optional[float], dense_hash: str, data_hash: str) -> str:

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import pruning
 from pruning import fileio
 from pruning.data import DataBundle, input_size_of
+from pruning.device import device_name
 
 from .config import Params
 from .keys import baseline_key
@@ -81,6 +82,7 @@ def recipe_card(params: Params, acc_dense: Optional[float] = None) -> dict:
     b, d, ft = params.benchmark, params.data, params.finetune
     return {
         "model": params.model.name, "model_kwargs": _kwargs_text(params.model.kwargs),
+        "device": device_name(compute_device(params)), "precision": params.compute.precision,
         "dataset": d.dataset, "input_size": input_size(params),
         "batch_size": d.batch_size, "augmentation": augmentation(params), "recipe": params.family_recipe().name,
         "pretrain": params.pretrain.recipe().describe(),
@@ -120,6 +122,27 @@ def _kwargs_text(kwargs: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) or "none"
 
 
+# --------------------------------------------------------------------------- the device
+_CONFIGURED: set = set()
+
+
+def compute_device(params: Params):
+    """The torch device ``compute.device`` names here (``auto`` resolved), its backend configured once per process
+    (deterministic kernels or cuDNN's autotuner, see :func:`pruning.device.configure`)."""
+    from pruning.device import configure
+    device = params.compute.torch_device()
+    if (device, params.compute.deterministic) not in _CONFIGURED:
+        configure(device, params.compute.deterministic)
+        _CONFIGURED.add((device, params.compute.deterministic))
+    return device
+
+
+def on_device(model, params: Params):
+    """``model`` moved to the compute device (channels-last when ``compute.channels_last``)."""
+    from pruning.device import place
+    return place(model, compute_device(params), params.compute.channels_last)
+
+
 # --------------------------------------------------------------------------- checkpoints
 def _save(path: Path, model, params: Params, bundle: DataBundle, extra: Optional[dict] = None) -> Path:
     spec = bundle.spec
@@ -130,7 +153,7 @@ def _save(path: Path, model, params: Params, bundle: DataBundle, extra: Optional
 def _load(path: Path, params: Params, bundle: DataBundle):
     model, meta = pruning.load_checkpoint(path, expect_model=params.model.name,
                                           expect_classes=bundle.spec.num_classes)
-    return model, meta
+    return on_device(model, params), meta
 
 
 # --------------------------------------------------------------------------- pretrain
@@ -147,7 +170,7 @@ def pretrain(params: Params, out: Path, on_epoch: OnEpoch = None) -> dict:
     else:
         train_loader, val_loader, _ = loaders(params, bundle)
         history = pruning.train(model, train_loader, params.pretrain.recipe(), val_loader,
-                                on_epoch=on_epoch)
+                                on_epoch=on_epoch, precision=params.compute.precision)
     seconds = time.perf_counter() - start
     acc = pruning.accuracy(model, bundle.loader("test", 256))
     # no timing in the file: its bytes (which trial keys hash) depend on the weights and the recipe alone
@@ -176,12 +199,13 @@ def sparsify_stage(params: Params, method: str, dense: Path, out: Path, on_epoch
         from pruning import sparsity
         pruning.seed_everything(params.seed)
         train_loader, val_loader, _ = loaders(params, bundle)
-        sp, example = params.sparsify, bundle.spec.example_inputs()
+        sp, example = params.sparsify, bundle.spec.example_inputs().to(compute_device(params))
         kinds = sparsity.penalised(pair.sparsifier.name)  # the figures follow what this penalty shrinks
         before = sparsity.group_norms(model, example, kinds)
         history = pruning.sparsify(model, example, pair.sparsifier.name, train_loader,
                                    pruning.Recipe(epochs=sp.epochs, lr=sp.lr), criterion=pair.criterion.name,
-                                   val_loader=val_loader, on_epoch=on_epoch, reg=sp.reg, delta_reg=sp.delta_reg)
+                                   val_loader=val_loader, on_epoch=on_epoch, reg=sp.reg, delta_reg=sp.delta_reg,
+                                   precision=params.compute.precision)
         after = sparsity.group_norms(model, example, kinds)
         moved = sparsity.sparsity_summary(before, after)
         from .sparsity_plot import sparsity_plot
@@ -244,9 +268,9 @@ def target_options(params: Params) -> dict:
 
 
 def build_model(params: Params, spec):
-    """A fresh (untrained) ``params.model`` for data of ``spec``."""
-    return pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size,
-                                **params.model.kwargs)
+    """A fresh (untrained) ``params.model`` for data of ``spec``, on the compute device."""
+    return on_device(pruning.create_model(params.model.name, spec.num_classes, spec.in_chans, spec.input_size,
+                                          **params.model.kwargs), params)
 
 
 def attention_options(prune_params) -> dict:
@@ -290,7 +314,7 @@ def finetune_stage(params: Params, source: Path, out: Path, epochs: Optional[int
     distillation = _distillation(params, teacher, bundle)
     start = time.perf_counter()
     history = pruning.finetune(model, train_loader, params.finetune.recipe(epochs), val_loader, on_epoch=on_epoch,
-                               distillation=distillation)
+                               distillation=distillation, precision=params.compute.precision)
     seconds = time.perf_counter() - start
     _save(Path(out), model, params, bundle, meta.get("extra"))
     return {"seconds_finetune": seconds, "finetune_history": history}
@@ -441,7 +465,8 @@ def detection_baseline(params: Params, checkpoint: Optional[Path] = None, cache_
         with tempfile.TemporaryDirectory(prefix="prunebench-yolo-") as work:
             model = yolo.finetune_yolo(model, data.yaml, data.imgsz, params.pretrain.epochs, Path(work),
                                        batch=params.data.batch_size, lr0=params.pretrain.lr, seed=params.seed,
-                                       warmup_epochs=params.pretrain.warmup_epochs)  # the yolo recipe
+                                       warmup_epochs=params.pretrain.warmup_epochs,  # the yolo recipe
+                                       **yolo_device(params))
         yolo.save_yolo(path, model, params.model.name, data.num_classes, data.imgsz)
     return path
 
@@ -456,7 +481,8 @@ def evaluate_detection(params: Params, checkpoint: Path, work_dir: Optional[Path
     model, _ = yolo.load_yolo(checkpoint, expect_model=params.model.name, expect_classes=data.num_classes)
     with tempfile.TemporaryDirectory(prefix="prunebench-val-") as tmp:
         metrics = yolo.evaluate_yolo(model, data.yaml, data.imgsz, Path(work_dir or tmp),
-                                     repeats=params.evaluate.latency_repeats)
+                                     repeats=params.evaluate.latency_repeats,
+                                     device=str(compute_device(params)))
     return {**metrics, "acc": 100.0 * metrics["map50_95"]}
 
 
@@ -474,29 +500,38 @@ def detection_trial(params: Params, method: str, speedup: float, scope: str, che
     dense = dense_metrics or evaluate_detection(params, dense_path, work_dir)
     pruning.seed_everything(params.seed)
     model, _ = yolo.load_yolo(dense_path, expect_model=params.model.name, expect_classes=data.num_classes)
+    model = on_device(model, params)
     p = params.prune
     model, report = yolo.prune_yolo(model, data.imgsz, method, speedup, scope, data.yaml, protect=p.protect,
                                     steps=p.steps, calibration_batches=p.calibration_batches,
                                     batch=params.data.batch_size)
-    pruned = yolo.evaluate_yolo(model, data.yaml, data.imgsz, work_dir, repeats=params.evaluate.latency_repeats)
+    pruned = yolo.evaluate_yolo(model, data.yaml, data.imgsz, work_dir, repeats=params.evaluate.latency_repeats,
+                                     device=str(compute_device(params)))
     epochs = params.finetune.epochs if finetune_epochs is None else finetune_epochs
     seconds_finetune = 0.0
     if epochs > 0:
         t = time.perf_counter()
         model = yolo.finetune_yolo(model, data.yaml, data.imgsz, epochs, work_dir, batch=params.data.batch_size,
                                    lr0=params.finetune.lr, seed=params.seed,
-                                   warmup_epochs=params.finetune.warmup_epochs)
+                                   warmup_epochs=params.finetune.warmup_epochs, **yolo_device(params))
         seconds_finetune = time.perf_counter() - t
-        final = yolo.evaluate_yolo(model, data.yaml, data.imgsz, work_dir, repeats=params.evaluate.latency_repeats)
+        final = yolo.evaluate_yolo(model, data.yaml, data.imgsz, work_dir, repeats=params.evaluate.latency_repeats,
+                                     device=str(compute_device(params)))
     else:
         final = pruned
     dense_model, _ = yolo.load_yolo(dense_path, expect_model=params.model.name, expect_classes=data.num_classes)
+    dense_model = on_device(dense_model, params)
     final = {**final, **interleaved_speedups(params, dense_model, model, torch_example(data.imgsz), (1, 8))}
     yolo.save_yolo(out, model, params.model.name, data.num_classes, data.imgsz, {"report": report.summary()})
     return TrialRecord.from_detection(method, scope, speedup, report.summary(), dense, pruned, final, epochs,
                                       seconds_finetune, time.perf_counter() - start, str(out), data.imgsz,
                                       seed=params.seed, recipe=recipe or recipe_card(params, dense["acc"]),
                                       dataset=data.name)
+
+
+def yolo_device(params: Params) -> dict:
+    """ultralytics' trainer on the compute device, with its own mixed precision when a precision is asked for."""
+    return {"device": str(compute_device(params)), "amp": params.compute.precision != "fp32"}
 
 
 def torch_example(imgsz: int):

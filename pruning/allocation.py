@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .device import device_of
 from .errors import PruneBenchError
 from .heads import classifier_layers
 from .latency import batch_of, compare
@@ -143,6 +144,7 @@ def reachable_speedup(model: nn.Module, example_inputs: torch.Tensor, protect: f
     """The largest speedup (in ``target``'s terms: MACs, params or measured latency at ``latency_batch``) any
     allocation can reach when every group keeps ``protect`` of its channels."""
     probe = copy.deepcopy(model)
+    example_inputs = example_inputs.to(device_of(model))
     groups = layer_groups(probe, num_classes, example_inputs, max_groups=1)
     # ratio 1 in every group, capped by the protection floor (a plain pruning_ratio of 1 is not capped); several
     # steps, because Torch-Pruning skips a step that would leave a layer with less than one channel

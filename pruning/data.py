@@ -52,8 +52,9 @@ class DataBundle:
         never torch's global one, so loaders on other threads cannot change them).  ``flip=False`` keeps the random
         crops of the augmentation and drops its horizontal flips."""
         generator = torch.Generator().manual_seed(seed)  # drives the sampler only
+        # pinned batches copy to a GPU asynchronously (the loops move them with non_blocking=True)
         return DataLoader(self.dataset(split, augment, seed, flip), batch_size=batch_size, shuffle=shuffle,
-                          generator=generator, num_workers=0)
+                          generator=generator, num_workers=0, pin_memory=torch.cuda.is_available())
 
 
 class ArrayDataset(Dataset):

@@ -25,6 +25,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .device import device_of
 from .errors import PruneBenchError
 from .tp_adapter import channel_groups, is_attention_group, veto_pruning_ratio_check
 
@@ -76,7 +77,7 @@ def unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
 
 def graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
     """A dependency graph built with the same unwrapped-parameter rule the pruner uses (for history replay)."""
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs.to(device_of(model)),
                                                  unwrapped_parameters=unwrapped_parameters(model), verbose=False)
 
 

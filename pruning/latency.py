@@ -39,6 +39,8 @@ import torch
 from scipy.stats import theilslopes
 from torch import nn
 
+from .device import device_name as accelerator_name
+from .device import device_of
 from .errors import PruneBenchError
 from .modes import eval_mode
 from .tp_adapter import IN_FNS, OUT_FNS, group_members
@@ -107,19 +109,35 @@ def pinned_threads(threads: Optional[int]):
 def measure(model, inputs: torch.Tensor, repeats: int = 20, warmup: int = 3,
             threads: Optional[int] = None) -> Latency:
     """Time ``repeats`` forward passes of ``inputs`` after ``warmup`` untimed ones, at ``threads`` threads.
-    ``model`` is an ``nn.Module`` (PyTorch, no grad, eval mode) or the path of an ``.onnx`` file (ONNX Runtime's
-    CPU provider, at the same thread count)."""
+    ``model`` is an ``nn.Module`` (PyTorch, no grad, eval mode, on the device it is on: a GPU pass is timed with
+    CUDA events, from the launch to its completion) or the path of an ``.onnx`` file (ONNX Runtime's CPU provider,
+    at the same thread count)."""
     steady_allocator()
+    device = device_of(model) if isinstance(model, nn.Module) else torch.device("cpu")
+    inputs = inputs.to(device)
     with pinned_threads(threads) as used, _runner(model, inputs, used) as run:
         for _ in range(warmup):
             run()
-        times = []
-        for _ in range(max(1, repeats)):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
+        times = [_timed(run, device) for _ in range(max(1, repeats))]
     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
     return Latency(statistics.median(times), q1, q3, len(times), used, int(inputs.shape[0]))
+
+
+def _timed(run, device: torch.device) -> float:
+    """Seconds of one call of ``run``; on a GPU, between CUDA events around it (kernels run asynchronously, so a
+    host clock would time their launch only)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    start = time.perf_counter()
+    run()
+    if device.type == "mps":
+        torch.mps.synchronize()
+    return time.perf_counter() - start
 
 
 @contextmanager
@@ -169,8 +187,8 @@ def batch_of(example_inputs: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- the table
-def device_name() -> str:
-    """The CPU model (or the platform's processor name): part of every table's cache key."""
+def cpu_name() -> str:
+    """The CPU model (or the platform's processor name): part of every CPU table's cache key."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -244,8 +262,10 @@ class LatencyTable:
     by the layer's dense signature, so a table is measured once per device, input shape, batch and thread count.
     """
 
-    def __init__(self, batch: int = 1, threads: Optional[int] = None, path: Optional[Path] = None):
+    def __init__(self, batch: int = 1, threads: Optional[int] = None, path: Optional[Path] = None,
+                 device: torch.device | str = "cpu"):
         self.batch = batch
+        self.device = torch.device(device)
         self.threads = threads or torch.get_num_threads()
         self.path = Path(path) / f"latency-{self.key()}.json" if path else None
         self.entries: dict = {}
@@ -259,7 +279,9 @@ class LatencyTable:
     def key(self) -> str:
         """Device, threads, batch, torch version and allocator: what every entry's seconds depend on besides the
         layer."""
-        what = [device_name(), self.threads, self.batch, torch.__version__, "cpu", TABLE_VERSION, steady_allocator()]
+        device = cpu_name() if self.device.type == "cpu" else accelerator_name(self.device)
+        what = [device, self.threads, self.batch, torch.__version__, self.device.type, TABLE_VERSION,
+                steady_allocator()]
         return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
     def curve(self, sig: tuple, side: str) -> tuple[list, list]:
@@ -293,6 +315,7 @@ class LatencyTable:
 
     def _time(self, sig: tuple, side: str, width: int) -> float:
         layer, x = _standalone(sig, side, width, self.batch)
+        layer.to(self.device)
         once = measure(layer, x, repeats=1, warmup=1, threads=self.threads).median
         repeats = int(min(50, max(5, MIN_SECONDS / max(once, 1e-7))))
         return measure(layer, x, repeats=repeats, warmup=1, threads=self.threads).median

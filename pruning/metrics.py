@@ -13,13 +13,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .device import batches_on, device_of
 from .modes import eval_mode
 
 
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
     """(MACs, params) of one forward pass on ``example_inputs`` (give it a batch of 1)."""
     with eval_mode(model):  # Torch-Pruning's counter leaves the model in eval mode
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs=example_inputs)
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs=example_inputs.to(device_of(model)))
     return int(macs), int(params)
 
 
@@ -35,8 +36,8 @@ def correct_predictions(model: nn.Module, loader: Iterable) -> torch.Tensor:
     images and comparisons paired on the same images are computed from.)"""
     hits = []
     with eval_mode(model):
-        for x, y in loader:
-            hits.append(model(x).argmax(1) == y)
+        for x, y in batches_on(model, loader):
+            hits.append((model(x).argmax(1) == y).cpu())
     return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
 
 

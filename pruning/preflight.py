@@ -13,6 +13,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .device import device_of
 from .errors import PruneBenchError
 from .family import family_options
 from .heads import classifier_layers
@@ -22,6 +23,7 @@ from .steps import check_round_to
 
 def check_input_size(model: nn.Module, example_inputs: torch.Tensor, label: str = "model") -> None:
     """One forward pass at the dataset's input size; a failure becomes a PruneBenchError naming the size."""
+    example_inputs = example_inputs.to(device_of(model))
     try:
         with eval_mode(model), torch.no_grad():
             model(example_inputs)
@@ -39,6 +41,7 @@ def check_prunable(model: nn.Module, example_inputs: torch.Tensor, num_classes: 
     layer narrower than ``round_to``.
     """
     trial = copy.deepcopy(model).eval()
+    example_inputs = example_inputs.to(device_of(model))
     hooks = family_options(trial)
     current = _LayerTracker(trial)
     try:

@@ -27,6 +27,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .device import device_of
 from .heads import ignored_layers as pruning_ignored_layers, num_classes as output_classes
 from .methods import get_method
 from .methods.group_lasso import PENALISED, channel_norms
@@ -49,6 +50,7 @@ def group_norms(model: nn.Module, example_inputs: torch.Tensor, kinds: Sequence[
     the group members' parameters of ``kinds`` (``"out"``, ``"in"``, ``"bn"``); groups without such parameters are
     left out.  ``ignored_layers`` adds to the classifier, as in :func:`pruning.prune`."""
     kinds = tuple(kinds)
+    example_inputs = example_inputs.to(device_of(model))
     with eval_mode(model):  # tracing runs a forward pass: leave BatchNorm statistics alone
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         ignored = pruning_ignored_layers(model, output_classes(model, example_inputs), ignored_layers)

@@ -13,6 +13,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from .device import batches_on, device_name, device_of
 from .errors import PruneBenchError, unknown_choice
 from .family import FAMILY_OPTIONS, family_options
 from .heads import ignored_layers as _ignored, num_classes as _num_classes
@@ -66,7 +67,8 @@ class PruneReport:
 
 # --------------------------------------------------------------------------- sparsify
 def sparsify(model: nn.Module, example_inputs: torch.Tensor, sparsifier: str, train_loader, recipe: Recipe,
-             criterion: str = "l2", val_loader=None, ignored_layers=None, on_epoch=None, **options) -> list[dict]:
+             criterion: str = "l2", val_loader=None, ignored_layers=None, on_epoch=None, precision: str = "fp32",
+             **options) -> list[dict]:
     """Sparse training in place with the named regulariser (weight decay off, as in Torch-Pruning's recipe).
 
     ``options`` go to the sparsifier's builder (``reg``, ``delta_reg``); one given as None takes the sparsifier's
@@ -77,6 +79,7 @@ def sparsify(model: nn.Module, example_inputs: torch.Tensor, sparsifier: str, tr
     if method.stage != SPARSIFIER:
         raise PruneBenchError(f"{sparsifier!r} is not a sparsifier")
     _check_bn(model, method.name, method.needs_bn)
+    example_inputs = example_inputs.to(device_of(model))
     num_classes = _num_classes(model, example_inputs)
     spec = method.build(**{k: v for k, v in options.items() if v is not None})
     importance = get_method(criterion).build(num_classes=num_classes)
@@ -85,12 +88,13 @@ def sparsify(model: nn.Module, example_inputs: torch.Tensor, sparsifier: str, tr
     recipe = Recipe(**{**asdict(recipe), "weight_decay": 0.0})
     return train(model, train_loader, recipe, val_loader,
                  after_backward=lambda: spec.after_backward(pruner, model),
-                 after_epoch=lambda: spec.after_epoch(pruner), on_epoch=on_epoch)
+                 after_epoch=lambda: spec.after_epoch(pruner), on_epoch=on_epoch, precision=precision)
 
 
 # --------------------------------------------------------------------------- group
 def group(model: nn.Module, example_inputs: torch.Tensor, ignored_layers=None) -> list[dict]:
     """The DepGraph groups of coupled layers that prune together: root layer, members and width."""
+    example_inputs = example_inputs.to(device_of(model))
     num_classes = _num_classes(model, example_inputs)
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     rows = []
@@ -136,6 +140,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
     are taken while it falls short); ``report.latency`` holds that confirming measurement.  Each of the ``steps``
     is then split into ``LATENCY_SUBSTEPS`` pruner steps (``report.max_steps`` counts those).
     """
+    device = device_of(model)  # the model's device: tracing, counting, calibration and timing all run there
+    example_inputs = example_inputs.to(device)
     importance, name, needs_data = _importance(method, model, example_inputs, num_classes, seed)
     _validate(speedup, scope, protect, steps, name, needs_data, data, target)
     num_classes = num_classes or _num_classes(model, example_inputs)
@@ -162,12 +168,12 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, method: Union[str, tp.
         family.configure(pruner)
     samples = 0
     if needs_data and hasattr(importance, "calibrate"):
-        samples = importance.calibrate(model, list(islice(iter(data), calibration_batches)), pruner)
+        samples = importance.calibrate(model, list(islice(batches_on(model, data), calibration_batches)), pruner)
     seconds_calibrate = time.perf_counter() - start
     meter = _Meter(target, model, example_inputs, latency_batch, latency_threads)
     cap = None
     if target == "latency":
-        table = LatencyTable(latency_batch, latency_threads, latency_cache)
+        table = LatencyTable(latency_batch, latency_threads, latency_cache, device=device)
         pruner.estimate_importance = LatencyWeighted(pruner.estimate_importance, table, model, example_inputs)
         cap = meter.cap = LatencyCap(pruner.estimate_importance, round_to)
     goal = math.inf if speedup is None else speedup
@@ -457,23 +463,27 @@ def _check_bn(model: nn.Module, name: str, needs_bn: bool) -> None:
 
 # --------------------------------------------------------------------------- finetune / evaluate
 def finetune(model: nn.Module, train_loader, recipe: Recipe, val_loader=None, on_epoch=None,
-             distillation: Optional[Distillation] = None) -> list[dict]:
+             distillation: Optional[Distillation] = None, precision: str = "fp32") -> list[dict]:
     """Finetune the pruned model in place with ``recipe`` (the paper's CIFAR one: lr 0.01, multistep); with
-    ``distillation``, the dense model's soft targets join the loss."""
-    return train(model, train_loader, recipe, val_loader, on_epoch=on_epoch, distillation=distillation)
+    ``distillation``, the dense model's soft targets join the loss (the teacher on the model's device)."""
+    if distillation is not None:
+        distillation.teacher.to(device_of(model))
+    return train(model, train_loader, recipe, val_loader, on_epoch=on_epoch, distillation=distillation,
+                 precision=precision)
 
 
 def evaluate(model: nn.Module, loader, example_inputs: torch.Tensor, latency_batch: int = 32,
              repeats: int = 20, threads: Optional[int] = None) -> dict:
-    """Top-1 accuracy, MACs, params, and median CPU latency at batch 1 and ``latency_batch`` (at ``threads``
-    threads, with each median's interquartile spread); ``correct`` is the per-sample outcome in the loader's order
-    as a string of ``0``/``1`` (compact in JSON)."""
+    """Top-1 accuracy, MACs, params, and median latency at batch 1 and ``latency_batch`` on the model's device (at
+    ``threads`` threads, with each median's interquartile spread; ``device`` names it); ``correct`` is the
+    per-sample outcome in the loader's order as a string of ``0``/``1`` (compact in JSON)."""
+    example_inputs = example_inputs.to(device_of(model))
     macs, params = count_macs_params(model, example_inputs)
     hits = correct_predictions(model, loader) if loader is not None else None
     one = measure(model, example_inputs[:1], repeats, threads=threads)
     many = measure(model, batch_of(example_inputs, latency_batch), max(3, repeats // 4), threads=threads)
     return {"acc": percent_correct(hits) if hits is not None else None,
             "correct": "".join("1" if h else "0" for h in hits.tolist()) if hits is not None else None,
-            "macs": macs, "params": params, "latency_threads": one.threads,
+            "macs": macs, "params": params, "latency_threads": one.threads, "device": device_name(device_of(model)),
             "latency_b1": one.median, "latency_b1_spread": one.spread,
             f"latency_b{latency_batch}": many.median, f"latency_b{latency_batch}_spread": many.spread}

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import autocast, batches_on, device_of, grad_scaler
 from .errors import PruneBenchError
 from .metrics import accuracy
 from .modes import eval_mode, training_mode
@@ -132,32 +133,38 @@ def lr_factor(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
 def train(model: nn.Module, train_loader, recipe: Recipe, val_loader=None, *,
           after_backward: Optional[Callable[[], None]] = None, after_epoch: Optional[Callable[[], None]] = None,
           on_epoch: Optional[Callable[[dict], None]] = None,
-          distillation: Optional[Distillation] = None) -> list[dict]:
-    """Train in place; return one ``{"epoch", "loss", "val_acc"}`` row per epoch.
+          distillation: Optional[Distillation] = None, precision: str = "fp32") -> list[dict]:
+    """Train in place, on the device the model is on; return one ``{"epoch", "loss", "val_acc"}`` row per epoch.
 
     ``after_backward`` runs between ``backward()`` and the optimiser step (sparsity regularisers add their gradient
-    there); ``on_epoch`` receives each row as it is made (progress bars, per-epoch metric logging);
-    ``distillation`` adds a teacher's soft targets to the loss.
+    there, to unscaled gradients); ``on_epoch`` receives each row as it is made (progress bars, per-epoch metric
+    logging); ``distillation`` adds a teacher's soft targets to the loss; ``precision`` ``bf16``/``fp16`` runs the
+    forward passes in mixed precision (fp16 with loss scaling on CUDA, see :mod:`pruning.device`).
     """
     optimizer = _optimizer(model, recipe)
     steps_per_epoch = max(1, len(train_loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(recipe, step, steps_per_epoch))
+    device = device_of(model)
+    scaler = grad_scaler(device, precision)
     history = []
     for epoch in range(recipe.epochs):
         model.train()
         total_loss, seen = 0.0, 0
-        for x, y in train_loader:
+        for x, y in batches_on(model, train_loader):
             optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-            if distillation is not None:
-                loss = distillation.loss(logits, x, loss)
-            loss.backward()
+            with autocast(device, precision):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+                if distillation is not None:
+                    loss = distillation.loss(logits, x, loss)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # regularisers and clipping see the true gradients
             if after_backward is not None:
                 after_backward()
             if recipe.clip_grad:
                 nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             total_loss += loss.item() * len(y)
             seen += len(y)
@@ -165,7 +172,8 @@ def train(model: nn.Module, train_loader, recipe: Recipe, val_loader=None, *,
             after_epoch()
         row = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1)}
         if val_loader is not None:
-            row["val_acc"] = accuracy(model, val_loader)
+            with autocast(device, precision):
+                row["val_acc"] = accuracy(model, val_loader)
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -192,7 +200,7 @@ def recalibrate_bn(model: nn.Module, loader, batches: int) -> int:
     seen = 0
     try:
         with training_mode(model, True):
-            for x, _ in islice(iter(loader), batches):
+            for x, _ in islice(batches_on(model, loader), batches):
                 model(x)
                 seen += len(x)
     finally:

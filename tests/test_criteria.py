@@ -6,6 +6,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+import pruning
 from pruning.methods import get_method
 
 
@@ -197,3 +198,18 @@ def test_obdc_uses_the_fisher_with_labels_sampled_from_the_model(tiny):
     expected = mean_normalised([obd(model.conv1.weight, h["conv1.weight"], 0),
                                 obd(model.conv2.weight, h["conv2.weight"], 1)])
     assert torch.allclose(score("obdc", model, group, data), expected, rtol=1e-3)
+
+
+def test_hooked_per_sample_squares_equal_vmaps_and_leave_the_model_as_it_was():
+    """The one-backward-pass path (layer hooks) gives torch.func's per-sample gradients squared, and hands the
+    model back as it was."""
+    from pruning.methods.per_sample_grads import hooked_grad_squares, vmap_grad_squares
+    torch.manual_seed(0)
+    model = pruning.create_model("resnet20", 10, 3, 8).eval()
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(10, (6,))
+    hooked = hooked_grad_squares(model, x, y)
+    assert hooked is not None
+    reference = vmap_grad_squares(model, x, y)
+    assert set(hooked) == set(reference)
+    assert all(torch.allclose(hooked[n], reference[n], rtol=1e-3, atol=1e-8) for n in hooked)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())

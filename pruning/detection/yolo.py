@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import steps
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..device import device_of, to_device
 from ..errors import PruneBenchError
 from ..methods import resolve
 from ..metrics import count_macs_params, measure_latency
@@ -51,11 +52,12 @@ def check_method(method: str):
 
 def prune_yolo(model: nn.Module, imgsz: int, method: str, speedup: float, scope: str = "protected",
                data_yaml: Optional[Path] = None, *, calibration_batches: int = 2, batch: int = 16, **options):
-    """Prune a YOLO DetectionModel to ``speedup`` (dense MACs / pruned MACs at ``imgsz``); Detect is protected."""
+    """Prune a YOLO DetectionModel to ``speedup`` (dense MACs / pruned MACs at ``imgsz``), on the device it is on;
+    Detect is protected."""
     pair = check_method(method)
     check_imgsz(imgsz, model)
     model.eval()
-    example = torch.randn(1, 3, imgsz, imgsz)
+    example = torch.randn(1, 3, imgsz, imgsz, device=device_of(model))
     nc = int(detect_head(model).nc)
     importance = pair.criterion.build(num_classes=nc)
     samples = 0
@@ -119,7 +121,9 @@ def _backward_detection_loss(model, importance, batches) -> int:
     if per_sample:
         importance.zero_grad()
     count = 0
+    device = device_of(model)
     for b in batches:
+        b = {k: to_device(v, device) for k, v in b.items()}
         b["img"] = b["img"].float() / 255
         if per_sample:
             for i in range(len(b["img"])):
@@ -137,13 +141,15 @@ def _backward_detection_loss(model, importance, batches) -> int:
 def _one_image(b: dict, i: int) -> dict:
     keep = b["batch_idx"] == i
     return {"img": b["img"][i:i + 1], "cls": b["cls"][keep], "bboxes": b["bboxes"][keep],
-            "batch_idx": torch.zeros(int(keep.sum()))}
+            "batch_idx": torch.zeros(int(keep.sum()), device=b["img"].device)}
 
 
 # --------------------------------------------------------------------------- finetune / evaluate
 def finetune_yolo(model: nn.Module, data_yaml: Path, imgsz: int, epochs: int, work_dir: Path, *, batch: int = 16,
-                  lr0: float = 0.001, seed: int = 0, warmup_epochs: float = 0) -> nn.Module:
-    """Finetune the given model object with ultralytics' DetectionTrainer; return the trained (EMA) model.
+                  lr0: float = 0.001, seed: int = 0, warmup_epochs: float = 0, device: str = "cpu",
+                  amp: bool = False) -> nn.Module:
+    """Finetune the given model object with ultralytics' DetectionTrainer on ``device`` (a torch device string);
+    return the trained (EMA) model.  ``amp``: ultralytics' mixed precision (CUDA only).
 
     Mosaic augmentation (four images tiled into one) is ultralytics' default and stays on from 320 pixels up; on
     small images it would shrink objects of a few pixels below what the stride-8 head can see, so it is off there.
@@ -151,9 +157,10 @@ def finetune_yolo(model: nn.Module, data_yaml: Path, imgsz: int, epochs: int, wo
     ultralytics_setup()
     from ultralytics.models.yolo.detect import DetectionTrainer
     # ``model`` only names the architecture for ultralytics' bookkeeping: trainer.model is replaced below
-    overrides = dict(model=f"{getattr(model, 'prunebench_name', 'yolov8n')}.yaml", data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, device="cpu", workers=0,
+    overrides = dict(model=f"{getattr(model, 'prunebench_name', 'yolov8n')}.yaml", data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch,
+                     device=ultralytics_device(device), workers=0,
                      plots=False, val=False, project=str(Path(work_dir).resolve()), name="finetune", exist_ok=True,
-                     amp=False, seed=seed, deterministic=True, optimizer="SGD", lr0=lr0, warmup_epochs=warmup_epochs,
+                     amp=amp, seed=seed, deterministic=True, optimizer="SGD", lr0=lr0, warmup_epochs=warmup_epochs,
                      close_mosaic=0, mosaic=1.0 if imgsz >= 320 else 0.0, verbose=False, pretrained=False)
     trainer = DetectionTrainer(overrides=overrides)
     drop_integration_callbacks(trainer)
@@ -176,18 +183,19 @@ def finetune_yolo(model: nn.Module, data_yaml: Path, imgsz: int, epochs: int, wo
 
 
 def evaluate_yolo(model: nn.Module, data_yaml: Path, imgsz: int, work_dir: Path, *, batch: int = 16,
-                  latency_batch: int = 8, repeats: int = 10) -> dict:
-    """ultralytics validation (mAP50-95, mAP50) plus MACs, params and CPU latency at ``imgsz``."""
+                  latency_batch: int = 8, repeats: int = 10, device: str = "cpu") -> dict:
+    """ultralytics validation (mAP50-95, mAP50) plus MACs, params and latency at ``imgsz``, on ``device``."""
     ultralytics_setup()
     from ultralytics.models.yolo.detect import DetectionValidator
-    args = dict(data=str(data_yaml), imgsz=imgsz, batch=batch, device="cpu", workers=0, plots=False, split="val",
+    model.to(device)
+    args = dict(data=str(data_yaml), imgsz=imgsz, batch=batch, device=ultralytics_device(device), workers=0, plots=False, split="val",
                 project=str(Path(work_dir).resolve()), name="val", exist_ok=True, verbose=False, save_json=False)
     validator = DetectionValidator(args=args)
     drop_integration_callbacks(validator)
     start = time.perf_counter()
     with quiet_stdout():
         stats = validator(model=copy.deepcopy(model).float().eval())  # AutoBackend fuses Conv+BN: use a copy
-    example = torch.randn(1, 3, imgsz, imgsz)
+    example = torch.randn(1, 3, imgsz, imgsz, device=device)
     model.eval()
     macs, params = count_macs_params(model, example)
     batch_in = example.expand(latency_batch, -1, -1, -1).contiguous()
@@ -195,6 +203,14 @@ def evaluate_yolo(model: nn.Module, data_yaml: Path, imgsz: int, work_dir: Path,
             "macs": macs, "params": params, "latency_b1": measure_latency(model, example, repeats),
             f"latency_b{latency_batch}": measure_latency(model, batch_in, max(3, repeats // 4)),
             "seconds_evaluate": time.perf_counter() - start}
+
+
+def ultralytics_device(device) -> str:
+    """ultralytics' spelling of a torch device: ``cpu``, ``mps``, or the CUDA index (``0``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return str(device.index or 0)
+    return device.type
 
 
 def _reset_cached_state(model: nn.Module) -> None:

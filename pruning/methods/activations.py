@@ -122,6 +122,7 @@ class ActivationImportance(tp.importance.GroupMagnitudeImportance):
             ids = self.codes.out_ids(layer) if self.side == "out" else self.codes.in_ids(layer)
             if ids is None:
                 continue
+            ids = ids.cpu()  # the codes live in .grad, on the model's device; the scores on the CPU
             imps.append(self.scores[layer][ids[torch.as_tensor(member.idxs, dtype=torch.long)]].float())
             idxs_list.append(member.root_idxs)
         return imps, idxs_list

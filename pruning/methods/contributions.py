@@ -71,7 +71,7 @@ class _Contributions:
         return torch.einsum("mijc,mcij->mc", patches, w[outs])
 
     def add(self, x: torch.Tensor) -> None:
-        z = self.matrix(x.detach().float()).double()
+        z = self.matrix(x.detach().float()).double().cpu()  # statistics stay on the CPU, in float64
         y = z.sum(1)
         self.gram += z.T @ z
         self.xy += z.T @ y

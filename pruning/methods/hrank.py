@@ -72,7 +72,7 @@ class HRankImportance(ActivationImportance):
                 maps = torch.relu(maps)
             n, c = maps.shape[:2]
             ranks = batched_matrix_rank(maps.reshape(n * c, *maps.shape[2:]).float(), self.chunk)
-            sums[conv] += ranks.view(n, c).sum(0).double()
+            sums[conv] += ranks.view(n, c).sum(0).double().cpu()
         return hook
 
 

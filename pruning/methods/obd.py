@@ -72,7 +72,8 @@ class OBDCImportance(HessianImportance):
 
         def sampled(x, _):
             with torch.no_grad():
-                return torch.multinomial(torch.softmax(model(x), 1), 1, generator=generator).view(-1)
+                probs = torch.softmax(model(x).float(), 1).cpu()  # the generator (and so the draws) is the CPU's
+                return torch.multinomial(probs, 1, generator=generator).view(-1).to(x.device)
         return super().calibrate(model, [(x, sampled(x, y)) for x, y in batches], pruner)
 
 

@@ -2,6 +2,8 @@
 them (one batched backward pass), ``torch.func.vmap`` otherwise, one backward pass per sample as the last resort."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,8 +11,8 @@ from torch import nn
 
 def per_sample_grad_squares(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     """Sum over the batch of each sample's squared gradient, per parameter name."""
-    hooked = _hooked_grad_squares(model, x, y)
-    return hooked if hooked is not None else _vmap_grad_squares(model, x, y)
+    hooked = hooked_grad_squares(model, x, y)
+    return hooked if hooked is not None else vmap_grad_squares(model, x, y)
 
 
 def _hook_supported(module: nn.Module) -> bool:
@@ -19,7 +21,7 @@ def _hook_supported(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.BatchNorm2d))
 
 
-def _hooked_grad_squares(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict | None:
+def hooked_grad_squares(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict | None:
     """Per-sample squared gradients from layer hooks: one batched backward pass, no per-sample weight copies.
 
     With the loss summed over samples (BatchNorm in eval mode couples no samples), a layer's output gradient for
@@ -63,7 +65,9 @@ def _hooked_grad_squares(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
         handles.append(module.register_full_backward_hook(square_grads))
     try:
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y, reduction="sum").backward()
+        with warnings.catch_warnings():  # the first layer's input needs no gradient: its output's is what we use
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            F.cross_entropy(model(x), y, reduction="sum").backward()
     except (_Unsupported, RuntimeError):  # e.g. an in-place op on a hooked output: take the general path
         return None
     finally:
@@ -80,7 +84,9 @@ class _Unsupported(Exception):
     pass
 
 
-def _vmap_grad_squares(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+def vmap_grad_squares(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Per-sample squared gradients through ``torch.func`` (any layer type; a per-sample backward pass when an op
+    has no batching rule)."""
     from torch.func import functional_call, grad, vmap
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     buffers = dict(model.named_buffers())
