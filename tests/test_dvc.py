@@ -171,7 +171,7 @@ def test_each_stage_file_holds_only_what_the_stage_reads(tmp_path):
     params = load_params(_params(tmp_path, "profile: quick\nprofiles: {quick: {pretrain: {epochs: 2}}}\n"))
     prepare, pretrain, bench = (stage_params(params, s) for s in ("prepare", "pretrain", "benchmark"))
     assert set(prepare) == {"data"} and "batch_size" not in prepare["data"]
-    assert set(pretrain) == {"seed", "data", "model", "pretrain"} and pretrain["pretrain"]["epochs"] == 2
+    assert set(pretrain) == {"seed", "compute", "data", "model", "pretrain"} and pretrain["pretrain"]["epochs"] == 2
     assert not {"profiles", "tune", "schedules", "tracking"} & set(bench)
     # a stage file is a params file of its own: it loads to the same effective values, with no profile to apply
     again = load_params(_write(tmp_path / "bench.json", bench), required=True)
