@@ -5,10 +5,13 @@ synthetic data (nothing to download), beside PruningBench's published GPU step t
   vgg19 at batch 128, on the CPU and on the GPU when there is one, in fp32 and in mixed precision (bf16 where the
   device has it, else fp16 with loss scaling); and the projected wall time of one paper-protocol trial's finetune
   (100 epochs of 50,000 images) at the best rate.
+* ``loader``: images/s of the training loader (shuffled, augmented: what every training stage reads) over one
+  epoch of 50,000 CIFAR-100-shaped images, on the CPU and, on a GPU, with the images kept on it; beside the
+  training rate, it says what share of a training step reading the data costs.
 * ``prune``: ``seconds_prune`` of every criterion at 2x on resnet18 (100 classes, protected scope, 4 calibration
   batches of 64) on the device, beside the paper's ResNet-18 / CIFAR-100 step times.
 
-    .venv/bin/python benchmarks/gpu_bench.py --save                 # both parts, every model
+    .venv/bin/python benchmarks/gpu_bench.py --save                 # every part, every model
     .venv/bin/python benchmarks/gpu_bench.py throughput --models resnet18 --batches 5
 
 Writes ``benchmarks/results/gpu_bench.json`` (``--save``), keyed by the device it ran on.
@@ -22,12 +25,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import pruning  # noqa: E402
 from pruning import device as dev  # noqa: E402
+from pruning.data import DataBundle, DataSpec  # noqa: E402
 
 MODELS = ["resnet18", "resnet50", "vgg19"]
 CRITERIA = ["random", "l1", "l2", "fpgm", "lamp", "bnscale", "taylor", "hessian", "obdc", "hrank", "thinet", "cp"]
@@ -36,6 +41,7 @@ PAPER_SECONDS = {"l2": 0.26, "taylor": 1.6, "obdc": 4.9, "thinet": 7.8, "cp": 43
                  "hrank": 548.0}
 PAPER_TRIAL_IMAGES = 100 * 50_000  # one paper trial's finetune: 100 epochs over CIFAR-100's training set
 BATCH = 128
+LOADER_IMAGES = 50_000  # CIFAR-100's training set
 RESULTS = ROOT / "benchmarks" / "results" / "gpu_bench.json"
 
 
@@ -76,18 +82,41 @@ def mixed_precision(device: torch.device):
     return None
 
 
+def _devices(args) -> list[torch.device]:
+    """The CPU, and the GPU when there is one (and ``--device`` does not say cpu)."""
+    gpu = dev.resolve_device("auto")
+    return [torch.device("cpu")] + ([gpu] if args.device != "cpu" and gpu.type != "cpu" else [])
+
+
 def throughput(args) -> list[dict]:
-    devices = [torch.device("cpu")] + ([dev.resolve_device("auto")] if args.device != "cpu" and
-                                       dev.resolve_device("auto").type != "cpu" else [])
     rows = []
     for model in args.models:
-        for device in devices:
+        for device in _devices(args):
             for precision in filter(None, ("fp32", mixed_precision(device))):
                 rate = images_per_second(model, device, precision, args.batches)
                 row = {"model": model, "device": dev.device_name(device), "precision": precision,
                        "images_per_s": rate, "paper_finetune_hours": PAPER_TRIAL_IMAGES / rate / 3600}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+    return rows
+
+
+def loader_rates(args) -> list[dict]:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (LOADER_IMAGES, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 100, LOADER_IMAGES)
+    bundle = DataBundle(DataSpec("cifar100-shaped", 100, 3, 32), {"train": (images, labels)})
+    rows = []
+    for device in _devices(args):
+        loader = bundle.loader("train", BATCH, shuffle=True, augment=True, device=device)
+        start = time.perf_counter()
+        for x, _ in loader:
+            x = x.to(device, non_blocking=True)
+        synchronize(device)
+        row = {"device": dev.device_name(device), "images_per_s": LOADER_IMAGES / (time.perf_counter() - start),
+               "resident": x.device.type != "cpu" and loader.dataset.images.device.type != "cpu"}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     return rows
 
 
@@ -109,16 +138,19 @@ def prune_times(args) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", nargs="?", choices=["throughput", "prune", "all"], default="all")
+    parser.add_argument("part", nargs="?", choices=["throughput", "loader", "prune", "all"], default="all")
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--criteria", nargs="+", default=CRITERIA)
     parser.add_argument("--batches", type=int, default=20, help="timed training batches per measurement")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--save", action="store_true")
     args = parser.parse_args()
+    pruning.latency.steady_allocator()  # as the prunebench command does
     result = {}
     if args.part in ("throughput", "all"):
         result["throughput"] = throughput(args)
+    if args.part in ("loader", "all"):
+        result["loader"] = loader_rates(args)
     if args.part in ("prune", "all"):
         result["prune"] = prune_times(args)
     if args.save:

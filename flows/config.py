@@ -149,6 +149,25 @@ class EvaluateParams(_Section):
     latency_batch: int = Field(32, ge=1)
     latency_repeats: int = Field(20, ge=1)
     threads: Optional[int] = Field(None, ge=1)  # intra-op threads every latency is timed at (None: the process's)
+    # more batches timed besides 1 and latency_batch (None: 256 on a GPU, none on a CPU)
+    latency_sweep: Optional[List[int]] = None
+    compile: bool = False  # also time the torch.compile'd model at the same batches
+
+    @field_validator("latency_sweep")
+    @classmethod
+    def _positive_batches(cls, v):
+        if v is not None and any(b < 1 for b in v):
+            raise ValueError(f"latency_sweep batches must be >= 1, got {v}")
+        return v
+
+    def sweep_on(self, device) -> List[int]:
+        """The extra batches timed on ``device``."""
+        if self.latency_sweep is not None:
+            return list(self.latency_sweep)
+        return [GPU_SWEEP_BATCH] if device.type == "cuda" else []
+
+
+GPU_SWEEP_BATCH = 256  # a GPU is far from full at batch 32
 
 
 DENSE_MODES = ("shared", "per_seed")

@@ -67,6 +67,9 @@ class TrialRecord:
     latency_speedup_batch: Optional[float] = None
     latency_speedup_range: Optional[list] = None  # batch 1: min and max over the interleaved timing rounds
     latency_threads: Optional[int] = None
+    latency_device: Optional[str] = None      # what every latency was timed on (cpu (2 cores), cuda:0 (NVIDIA ...))
+    # dense / pruned latency at every batch timed (b1, b32, b256, ...; compiled_b1 ... with evaluate.compile)
+    latency_sweep: dict = field(default_factory=dict)
     # wall seconds per step
     seconds_sparsify: float = 0.0
     seconds_calibrate: float = 0.0
@@ -116,7 +119,8 @@ class TrialRecord:
             acc_dense=dense["acc"], acc_pruned=prune["acc_pruned"], acc_finetuned=final["acc"], acc_finetuned_lo=lo,
             acc_finetuned_hi=hi, test_correct=correct, finetune_epochs=finetune_epochs, recipe=dict(recipe or {}), latency_dense_b1=dense["latency_b1"],
             latency_pruned_b1=final["latency_b1"], latency_batch=latency_batch, **_latency_speedups(
-                dense, final, latency_batch),
+                dense, final, latency_batch), latency_device=final.get("device"),
+            latency_sweep=_sweep_speedups(dense, final),
             seconds_calibrate=prune.get("seconds_calibrate", 0.0), **seconds,
             seconds_total=sum(seconds.values()), sparsify_history=sparsify.get("sparsify_history", []),
             sparsity=dict(sparsify.get("sparsity") or {}),
@@ -184,8 +188,20 @@ class TrialRecord:
         out = {k: float(getattr(self, k)) for k in names if isinstance(getattr(self, k), (int, float))}
         if self.latency_speedup_batch is not None:
             out[f"latency_speedup_b{self.latency_batch}"] = self.latency_speedup_batch
+        out.update({f"latency_speedup_{batch}": v for batch, v in self.latency_sweep.items()
+                    if f"latency_speedup_{batch}" not in out and batch != "b1"})
         out["target_reached"] = float(bool(self.target_reached))
         return {**out, **self.derived(), **{k: float(v) for k, v in self.sparsity.items()}}
+
+
+def _sweep_speedups(dense: dict, final: dict) -> dict:
+    """Dense over pruned median latency at every batch both evaluations timed, plain and compiled."""
+    sweep = {}
+    for key, pruned in final.items():
+        timed = key.startswith(("latency_b", "compiled_latency_b")) and not key.endswith("_spread")
+        if timed and dense.get(key) and pruned:
+            sweep[key.replace("latency_", "")] = dense[key] / pruned
+    return dict(sorted(sweep.items(), key=lambda kv: (kv[0].startswith("compiled"), int(kv[0].rsplit("b", 1)[1]))))
 
 
 def _latency_speedups(dense: dict, final: dict, batch: int) -> dict:

@@ -54,11 +54,16 @@ def load_bundle(params: Params) -> DataBundle:
     return pruning.load_data(d.dataset, d.root, d.download, d.input_size)
 
 
+def loader(params: Params, bundle: DataBundle, split: str, batch: int, **options):
+    """``bundle``'s loader of ``split``, its batches made on the compute device (a small split lives on a GPU)."""
+    return bundle.loader(split, batch, device=compute_device(params), **options)
+
+
 def loaders(params: Params, bundle: DataBundle, augment: bool = True):
     batch = params.data.batch_size
-    return (bundle.loader("train", batch, shuffle=True, augment=augment and bundle.spec.input_size >= 16,
-                          seed=params.seed, flip=params.family_recipe().flip),
-            bundle.loader("val", 256), bundle.loader("test", 256))
+    return (loader(params, bundle, "train", batch, shuffle=True, augment=augment and bundle.spec.input_size >= 16,
+                   seed=params.seed, flip=params.family_recipe().flip),
+            loader(params, bundle, "val", 256), loader(params, bundle, "test", 256))
 
 
 def augments(params: Params) -> bool:
@@ -172,7 +177,7 @@ def pretrain(params: Params, out: Path, on_epoch: OnEpoch = None) -> dict:
         history = pruning.train(model, train_loader, params.pretrain.recipe(), val_loader,
                                 on_epoch=on_epoch, precision=params.compute.precision)
     seconds = time.perf_counter() - start
-    acc = pruning.accuracy(model, bundle.loader("test", 256))
+    acc = pruning.accuracy(model, loader(params, bundle, "test", 256))
     # no timing in the file: its bytes (which trial keys hash) depend on the weights and the recipe alone
     _save(Path(out), model, params, bundle, {"acc_dense": acc, "baseline_key": baseline_key(params)})
     return {"acc_dense": acc, "seconds_pretrain": seconds, "history": history, "checkpoint": str(out)}
@@ -228,7 +233,7 @@ def prune_stage(params: Params, method: str, speedup: Optional[float], scope: st
     pruning.seed_everything(params.seed)
     bundle = load_bundle(params)
     model, _ = _load(Path(source), params, bundle)
-    calibration = bundle.loader("train", params.data.batch_size, shuffle=True, seed=params.seed)
+    calibration = loader(params, bundle, "train", params.data.batch_size, shuffle=True, seed=params.seed)
     p = params.prune
     ratio_dict, groups = None, {}
     if allocation is not None:
@@ -243,9 +248,9 @@ def prune_stage(params: Params, method: str, speedup: Optional[float], scope: st
                                   seed=params.seed, **target_options(params), **attention_options(p))
     recalibrated = 0
     if p.recalibrate_bn:  # before acc_pruned and the finetune: both see the repaired statistics
-        batches = bundle.loader("train", params.data.batch_size, shuffle=True, seed=params.seed)
+        batches = loader(params, bundle, "train", params.data.batch_size, shuffle=True, seed=params.seed)
         recalibrated = pruning.recalibrate_bn(model, batches, p.recalibrate_bn)
-    acc = pruning.accuracy(model, bundle.loader(eval_split, 256))
+    acc = pruning.accuracy(model, loader(params, bundle, eval_split, 256))
     summary = {**report.summary(), "bn_recalibration_samples": recalibrated}
     if groups:  # the share of each group's channels that stayed: the allocation actually applied
         summary["kept_by_group"] = {g: w / dense_widths[g] for g, w in alloc.group_widths(groups).items()}
@@ -332,7 +337,8 @@ def _distillation(params: Params, teacher: Optional[Path], bundle: DataBundle):
 
 
 def evaluate_stage(params: Params, checkpoint: Path, dense: Optional[Path] = None) -> dict:
-    """Test accuracy, MACs, params and CPU latency (batch 1 and ``evaluate.latency_batch``) of a checkpoint; with
+    """Test accuracy, MACs, params and latency on the compute device (batch 1, ``evaluate.latency_batch`` and
+    ``evaluate.latency_sweep``'s; also compiled with ``evaluate.compile``) of a checkpoint; with
     ``dense``, also its latency speedups over the dense model timed in interleaved rounds (one machine state for
     both, so the ratio does not depend on when each was measured alone)."""
     bundle = load_bundle(params)
@@ -340,8 +346,9 @@ def evaluate_stage(params: Params, checkpoint: Path, dense: Optional[Path] = Non
     start = time.perf_counter()
     e = params.evaluate
     example = bundle.spec.example_inputs()
-    metrics = pruning.evaluate(model, bundle.loader("test", 256), example,
-                               latency_batch=e.latency_batch, repeats=e.latency_repeats, threads=e.threads)
+    metrics = pruning.evaluate(model, loader(params, bundle, "test", 256), example,
+                               latency_batch=e.latency_batch, repeats=e.latency_repeats, threads=e.threads,
+                               sweep=e.sweep_on(compute_device(params)), compile=e.compile)
     if dense is not None:
         reference, _ = _load(Path(dense), params, bundle)
         metrics.update(interleaved_speedups(params, reference, model, example, (1, e.latency_batch)))

@@ -47,28 +47,48 @@ class DataBundle:
         return ArrayDataset(images, labels, augment=augment, seed=seed, flip=flip)
 
     def loader(self, split: str, batch_size: int = 64, shuffle: bool = False, augment: bool = False,
-               seed: int = 0, flip: bool = True) -> DataLoader:
+               seed: int = 0, flip: bool = True, device: torch.device | str | None = None) -> DataLoader:
         """Batches of ``split``; the shuffle order and the augmentation are fixed by ``seed`` alone (own generators,
         never torch's global one, so loaders on other threads cannot change them).  ``flip=False`` keeps the random
-        crops of the augmentation and drops its horizontal flips."""
+        crops of the augmentation and drops its horizontal flips.
+
+        Batches are gathered, normalised and augmented whole (tensor indexing, no per-image Python), which leaves
+        DataLoader workers nothing to hide.  With a GPU ``device``, a split of at most ``ON_DEVICE_BYTES`` lives
+        on it and its batches are made there; a larger one comes in pinned memory, copied without blocking.
+        """
+        images, labels = self.splits[split]
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        resident = device.type != "cpu" and images.nbytes <= ON_DEVICE_BYTES
+        dataset = ArrayDataset(images, labels, augment=augment, seed=seed, flip=flip,
+                               device=device if resident else None)
         generator = torch.Generator().manual_seed(seed)  # drives the sampler only
-        # pinned batches copy to a GPU asynchronously (the loops move them with non_blocking=True)
-        return DataLoader(self.dataset(split, augment, seed, flip), batch_size=batch_size, shuffle=shuffle,
-                          generator=generator, num_workers=0, pin_memory=torch.cuda.is_available())
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0,
+                          collate_fn=_as_batch, pin_memory=not resident and torch.cuda.is_available())
+
+
+ON_DEVICE_BYTES = 2 << 30  # CIFAR's 50,000 training images are 150 MB as uint8
+
+
+def _as_batch(batch):
+    """The dataset's ``__getitems__`` already made the batch."""
+    return batch
 
 
 class ArrayDataset(Dataset):
     """uint8 images normalised on the fly; ``augment`` adds the CIFAR recipe (pad-4 random crop, h-flip).
 
     The augmentation draws from the dataset's own generator, seeded by ``seed``: each pass over the data gets new
-    crops, and the sequence depends on ``seed`` alone.  Read it in one process (``num_workers=0``): workers would
-    each get a copy of the generator and repeat each other's crops.
+    crops, and the sequence depends on ``seed`` alone (one draw per image, in the sampler's order).  Read it in
+    one process (``num_workers=0``): workers would each get a copy of the generator and repeat each other's crops.
+    ``device`` holds the images there (a GPU) and makes the batches there.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, augment: bool = False, seed: int = 0,
-                 flip: bool = True):
+                 flip: bool = True, device: torch.device | None = None):
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        if device is not None:
+            self.images, self.labels = self.images.to(device), self.labels.to(device)
         self.augment, self.flip = augment, flip
         self.generator = torch.Generator().manual_seed(_augment_seed(seed)) if augment else None
 
@@ -76,10 +96,16 @@ class ArrayDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        x = (self.images[i].float() / 255.0 - _MEAN) / _STD
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+    def __getitems__(self, indices):
+        """The batch of ``indices``: normalised images (augmented when asked) and their labels."""
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
+        x = (self.images[index].float() / 255.0 - _MEAN) / _STD
         if self.augment:
-            x = _random_crop_flip(x, self.generator, flip=self.flip)
-        return x, self.labels[i]
+            x = _random_crops_flips(x, self.generator, flip=self.flip)
+        return x, self.labels[index]
 
 
 def _augment_seed(seed: int) -> int:
@@ -87,13 +113,24 @@ def _augment_seed(seed: int) -> int:
     return int(np.random.SeedSequence([seed, 1]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (pad, pad, pad, pad))
-    top, left = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-    x = padded[:, top:top + h, left:left + w]
-    flipped = torch.rand((), generator=generator) < 0.5  # drawn either way: the crops do not depend on ``flip``
-    return x.flip(-1) if flip and flipped else x
+def _random_crops_flips(x: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) \
+        -> torch.Tensor:
+    """Each image of the batch at a random offset in its zero-padded copy, mirrored half of the time.
+
+    One draw per image, in the batch's order, codes its two offsets and its mirroring: the k-th image of an epoch
+    gets the k-th draw whatever the batch size, and the crops do not depend on ``flip``.
+    """
+    n, channels, h, w = x.shape
+    side = 2 * pad + 1
+    draws = torch.randint(0, side * side * 2, (n,), generator=generator).to(x.device)
+    top, left, mirror = draws % side, draws // side % side, (draws // (side * side) == 1) & flip
+    rows = top[:, None] + torch.arange(h, device=x.device)  # n x h
+    cols = torch.arange(w, device=x.device).expand(n, w)
+    cols = left[:, None] + torch.where(mirror[:, None], w - 1 - cols, cols)  # n x w
+    # one gather over each padded image's flattened pixels (4x faster than indexing rows and columns on a CPU)
+    pixels = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).view(n, 1, h * w).expand(n, channels, h * w)
+    padded = F.pad(x, (pad, pad, pad, pad)).flatten(2)
+    return torch.gather(padded, 2, pixels).view(n, channels, h, w)
 
 
 # --------------------------------------------------------------------------- public entry points

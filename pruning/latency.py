@@ -41,7 +41,7 @@ from torch import nn
 
 from .device import device_name as accelerator_name
 from .device import device_of
-from .errors import PruneBenchError
+from .errors import PruneBenchError, first_line
 from .modes import eval_mode
 from .tp_adapter import IN_FNS, OUT_FNS, group_members
 
@@ -121,6 +121,32 @@ def measure(model, inputs: torch.Tensor, repeats: int = 20, warmup: int = 3,
         times = [_timed(run, device) for _ in range(max(1, repeats))]
     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
     return Latency(statistics.median(times), q1, q3, len(times), used, int(inputs.shape[0]))
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """``model`` through ``torch.compile`` (TorchInductor, a graph per batch size), compiled on its first call.
+
+    :func:`measure`'s warm-up calls compile it; a backend that cannot compile here (no C++ compiler, an op it
+    does not support) fails there with one line."""
+    inner = torch.compile(model, dynamic=False)
+
+    def forward(*args):
+        try:
+            return inner(*args)
+        except Exception as error:  # torch's compile errors come from many modules: each is reported as one line
+            raise PruneBenchError(f"torch.compile could not compile the model here: {first_line(error)}") from None
+    return _Compiled(forward, model)
+
+
+class _Compiled(nn.Module):
+    """A compiled forward pass that still answers as the module it came from (device, eval mode, parameters)."""
+
+    def __init__(self, forward, model: nn.Module):
+        super().__init__()
+        self.model, self._forward = model, forward
+
+    def forward(self, *args):
+        return self._forward(*args)
 
 
 def _timed(run, device: torch.device) -> float:

@@ -18,7 +18,7 @@ from .errors import PruneBenchError, unknown_choice
 from .family import FAMILY_OPTIONS, family_options
 from .heads import ignored_layers as _ignored, num_classes as _num_classes
 from .methods import SPARSIFIER, get_method, resolve
-from .latency import LatencyTable, LatencyWeighted, batch_of, compare, measure
+from .latency import LatencyTable, LatencyWeighted, batch_of, compare, compiled, measure
 from .metrics import channel_table, correct_predictions, count_macs_params, layer_widths, percent_correct
 from .tp_adapter import channel_groups, is_attention_group, module_names
 from .train import Distillation, Recipe, train
@@ -473,17 +473,24 @@ def finetune(model: nn.Module, train_loader, recipe: Recipe, val_loader=None, on
 
 
 def evaluate(model: nn.Module, loader, example_inputs: torch.Tensor, latency_batch: int = 32,
-             repeats: int = 20, threads: Optional[int] = None) -> dict:
-    """Top-1 accuracy, MACs, params, and median latency at batch 1 and ``latency_batch`` on the model's device (at
-    ``threads`` threads, with each median's interquartile spread; ``device`` names it); ``correct`` is the
-    per-sample outcome in the loader's order as a string of ``0``/``1`` (compact in JSON)."""
+             repeats: int = 20, threads: Optional[int] = None, sweep: Iterable[int] = (),
+             compile: bool = False) -> dict:
+    """Top-1 accuracy, MACs, params, and median latency at batch 1, ``latency_batch`` and each batch of ``sweep``
+    on the model's device (at ``threads`` threads, with each median's interquartile spread; ``device`` names it);
+    ``correct`` is the per-sample outcome in the loader's order as a string of ``0``/``1`` (compact in JSON).
+    ``compile`` also times the ``torch.compile``'d model at the same batches (``compiled_latency_b<n>``)."""
     example_inputs = example_inputs.to(device_of(model))
     macs, params = count_macs_params(model, example_inputs)
     hits = correct_predictions(model, loader) if loader is not None else None
-    one = measure(model, example_inputs[:1], repeats, threads=threads)
-    many = measure(model, batch_of(example_inputs, latency_batch), max(3, repeats // 4), threads=threads)
-    return {"acc": percent_correct(hits) if hits is not None else None,
-            "correct": "".join("1" if h else "0" for h in hits.tolist()) if hits is not None else None,
-            "macs": macs, "params": params, "latency_threads": one.threads, "device": device_name(device_of(model)),
-            "latency_b1": one.median, "latency_b1_spread": one.spread,
-            f"latency_b{latency_batch}": many.median, f"latency_b{latency_batch}_spread": many.spread}
+    out = {"acc": percent_correct(hits) if hits is not None else None,
+           "correct": "".join("1" if h else "0" for h in hits.tolist()) if hits is not None else None,
+           "macs": macs, "params": params, "device": device_name(device_of(model))}
+    batches = sorted({1, latency_batch, *sweep})
+    timed = [("", model)] + ([("compiled_", compiled(model))] if compile else [])
+    for prefix, runnable in timed:
+        for batch in batches:  # batch 1 is the noisiest: it gets the most repeats
+            latency = measure(runnable, batch_of(example_inputs, batch), repeats if batch == 1 else max(3, repeats // 4),
+                              threads=threads)
+            out.update({f"{prefix}latency_b{batch}": latency.median, f"{prefix}latency_b{batch}_spread": latency.spread,
+                        "latency_threads": latency.threads})
+    return out

@@ -45,6 +45,25 @@ def test_augmentation_differs_between_epochs(digits):
     assert not torch.equal(first, second)
 
 
+def test_augmented_batches_are_crops_of_each_image_whatever_the_batch_size(digits):
+    """Batches are augmented whole: every image is one of its 9 x 9 padded crops (mirrored or not), the k-th
+    image of an epoch gets the same crop at any batch size, and the crops vary."""
+    plain = torch.cat([x for x, _ in digits.loader("train", 64, shuffle=True, seed=0)])
+    crops = [torch.cat([x for x, _ in digits.loader("train", batch, shuffle=True, augment=True, seed=0)])
+             for batch in (7, 64)]
+    assert torch.equal(crops[0], crops[1])
+    padded = torch.nn.functional.pad(plain[:40], (4, 4, 4, 4))
+    h, w = plain.shape[-2:]
+    offsets = set()
+    for i, image in enumerate(crops[0][:40]):
+        found = [(top, left, mirrored) for top in range(9) for left in range(9) for mirrored in (False, True)
+                 if torch.equal(image, (lambda c: c.flip(-1) if mirrored else c)(
+                     padded[i, :, top:top + h, left:left + w]))]
+        assert found, f"image {i} is not a crop of its padded original"
+        offsets.update(found)
+    assert len(offsets) > 10
+
+
 def random_prune_widths(seed: int, global_seed: int) -> list:
     torch.manual_seed(0)
     model = pruning.create_model("resnet20", 10, 3, 32)

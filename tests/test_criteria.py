@@ -200,12 +200,46 @@ def test_obdc_uses_the_fisher_with_labels_sampled_from_the_model(tiny):
     assert torch.allclose(score("obdc", model, group, data), expected, rtol=1e-3)
 
 
-def test_hooked_per_sample_squares_equal_vmaps_and_leave_the_model_as_it_was():
+def test_a_weights_elementwise_scores_are_computed_once_until_it_changes():
+    """A step scores a layer's weight for every group it belongs to: once computed, then again only when the
+    weight (or its statistic) is replaced or changed."""
+    from pruning.methods.gradient_scores import ElementwiseScores
+    calls = []
+    scores = ElementwiseScores(lambda w, s: calls.append(1) or w * s)
+    weight = torch.nn.Parameter(torch.randn(4, 3))
+    weight.grad = torch.randn(4, 3)
+    first = scores(weight)
+    assert scores(weight) is first and len(calls) == 1
+    with torch.no_grad():
+        weight.mul_(2)  # changed in place
+    assert torch.allclose(scores(weight), 2 * first) and len(calls) == 2
+    weight.grad = torch.randn(4, 3)  # a new statistic
+    scores(weight)
+    pruned = torch.nn.Parameter(weight.data[:2].clone())  # what pruning does: a new, narrower weight
+    pruned.grad = weight.grad[:2].clone()
+    assert scores(pruned).shape == (2, 3) and len(calls) == 4
+
+
+def test_per_sample_conv_squares_agree_one_sample_or_many_at_once():
+    """The CPU's one-sample-at-a-time products and the GPU's batched ones are the same sums."""
+    from pruning.methods.per_sample_grads import conv_weight_squares
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 6, 3, stride=2, padding=1)
+    inp, g = torch.randn(5, 4, 9, 9), torch.randn(5, 6, 5, 5)
+    one = conv_weight_squares(conv, inp, g, at_once=1)
+    expected = torch.stack([torch.nn.grad.conv2d_weight(inp[n:n + 1], conv.weight.shape, g[n:n + 1], stride=2,
+                                                        padding=1).flatten(1) for n in range(5)]).pow(2).sum(0)
+    assert torch.allclose(one, expected, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(conv_weight_squares(conv, inp, g, at_once=2), one, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_name", ["resnet20", "timm/resnet10t"])  # the second has in-place activations
+def test_hooked_per_sample_squares_equal_vmaps_and_leave_the_model_as_it_was(model_name):
     """The one-backward-pass path (layer hooks) gives torch.func's per-sample gradients squared, and hands the
     model back as it was."""
     from pruning.methods.per_sample_grads import hooked_grad_squares, vmap_grad_squares
     torch.manual_seed(0)
-    model = pruning.create_model("resnet20", 10, 3, 8).eval()
+    model = pruning.create_model(model_name, 10, 3, 8).eval()
     x, y = torch.randn(6, 3, 8, 8), torch.randint(10, (6,))
     hooked = hooked_grad_squares(model, x, y)
     assert hooked is not None

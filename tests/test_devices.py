@@ -114,6 +114,56 @@ def test_the_recipe_card_and_evaluation_name_the_device(digits):
     assert result["device"] == dev.device_name("cpu")
 
 
+def test_evaluation_times_every_batch_of_the_sweep_and_the_record_keeps_their_speedups(digits):
+    from flows.record import TrialRecord
+    model = pruning.create_model("resnet20", 10, 3, 8)
+    example = digits.spec.example_inputs()
+    final = pruning.evaluate(model, None, example, latency_batch=2, repeats=1, sweep=[4, 2])
+    assert all(final[f"latency_b{b}"] > 0 for b in (1, 2, 4)) and "latency_b8" not in final
+    dense = {**final, **{f"latency_b{b}": 3 * final[f"latency_b{b}"] for b in (1, 2, 4)}}
+    record = TrialRecord.from_steps("l2", "protected", 2.0, {"seconds_prune": 1.0, "acc_pruned": 50.0},
+                                    {**final, "seconds_evaluate": 1.0}, dense, latency_batch=2)
+    assert record.latency_device == dev.device_name("cpu")
+    assert record.latency_sweep == pytest.approx({"b1": 3.0, "b2": 3.0, "b4": 3.0})
+    assert record.metrics()["latency_speedup_b4"] == pytest.approx(3.0)
+    assert TrialRecord.from_dict(record.to_dict()).latency_sweep == record.latency_sweep
+
+
+def test_the_sweep_adds_batch_256_on_a_gpu_only_and_refuses_batch_0():
+    from flows.config import EvaluateParams, Params
+    assert EvaluateParams().sweep_on(torch.device("cuda")) == [256]
+    assert EvaluateParams().sweep_on(torch.device("cpu")) == []
+    assert EvaluateParams(latency_sweep=[64]).sweep_on(torch.device("cuda")) == [64]
+    with pytest.raises(ValueError, match="latency_sweep"):
+        Params(evaluate={"latency_sweep": [0]})
+
+
+def test_compiled_latency_is_timed_on_the_compiled_model():
+    """torch.compile (TorchInductor, on this CPU through its C++ compiler): same outputs, its own latencies."""
+    from pruning.latency import compiled
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 10)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(compiled(model)(x), model(x), atol=1e-5)
+    result = pruning.evaluate(model, None, x[:1], latency_batch=2, repeats=2, compile=True)
+    assert result["compiled_latency_b1"] > 0 and result["compiled_latency_b2"] > 0
+
+
+def test_a_model_torch_compile_cannot_compile_is_one_line(monkeypatch):
+    from pruning.latency import compiled, measure
+
+    def refuse(*_, **__):  # isolates the report: what a backend without a C++ compiler raises on the first call
+        def run(*_):
+            raise RuntimeError("backend='inductor' raised:\nCppCompileError: C++ compile error\n  many lines")
+        return run
+    monkeypatch.setattr(torch, "compile", refuse)
+    with pytest.raises(PruneBenchError) as error:
+        measure(compiled(torch.nn.Linear(3, 3)), torch.randn(1, 3), repeats=1)
+    assert "\n" not in str(error.value) and "torch.compile could not compile" in str(error.value)
+
+
 # --------------------------------------------------------------------------- the CPU paths of the GPU options
 def test_mixed_precision_training_runs_and_learns(digits):
     """bf16 autocast (the CPU's; a GPU's is the same code path) trains: the loss falls, the weights stay fp32."""

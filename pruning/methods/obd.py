@@ -7,8 +7,8 @@ import torch_pruning as tp
 from torch import nn
 
 from .base import CRITERION, register
-from .gradient_scores import Batches, trainable_parameters, score_group
-from .per_sample_grads import per_sample_grad_squares
+from .gradient_scores import Batches, ElementwiseScores, score_group, trainable_parameters
+from .per_sample_grads import Labels, per_sample_grad_squares
 
 
 class HessianImportance(tp.importance.GroupHessianImportance):
@@ -18,6 +18,10 @@ class HessianImportance(tp.importance.GroupHessianImportance):
     last sample's gradient; here every sample counts.  ``calibrate`` computes per-sample gradients with
     ``torch.func`` (vmap over the batch) and stores their mean square in ``.grad``.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._elementwise = ElementwiseScores(lambda w, h: w.pow(2) * h)
 
     def accumulate_grad(self, model: nn.Module) -> None:
         """Torch-Pruning's API: add the current ``.grad`` (of one sample's loss) to the running sum of squares."""
@@ -37,7 +41,7 @@ class HessianImportance(tp.importance.GroupHessianImportance):
         for param, total in self._accu_grad.items():  # accumulate_grad's sums become the mean in .grad
             param.grad = total / self._counter[param]
         self.zero_grad()
-        return score_group(self, group, lambda w, h: w.pow(2) * h)
+        return score_group(self, group, self._elementwise)
 
     def calibrate(self, model: nn.Module, batches: Batches, pruner=None) -> int:
         model.eval()
@@ -45,13 +49,17 @@ class HessianImportance(tp.importance.GroupHessianImportance):
         sums = {name: torch.zeros_like(p) for name, p in model.named_parameters() if p.requires_grad}
         count = 0
         for x, y in batches:
-            for name, sq in per_sample_grad_squares(model, x, y).items():
+            for name, sq in per_sample_grad_squares(model, x, self.labels(y)).items():
                 sums[name] += sq
-            count += len(y)
+            count += len(x)
         for name, p in model.named_parameters():
             if name in sums:
                 p.grad = sums[name] / count
         return count
+
+    def labels(self, y: torch.Tensor) -> Labels:
+        """The labels the squared gradients are taken with: the data's."""
+        return y
 
 
 class OBDCImportance(HessianImportance):
@@ -67,14 +75,15 @@ class OBDCImportance(HessianImportance):
         self.num_classes = num_classes
 
     def calibrate(self, model: nn.Module, batches: Batches, pruner=None) -> int:
-        generator = torch.Generator().manual_seed(0)
-        model.eval()
+        self._generator = torch.Generator().manual_seed(0)
+        return super().calibrate(model, batches, pruner)
 
-        def sampled(x, _):
-            with torch.no_grad():
-                probs = torch.softmax(model(x).float(), 1).cpu()  # the generator (and so the draws) is the CPU's
-                return torch.multinomial(probs, 1, generator=generator).view(-1).to(x.device)
-        return super().calibrate(model, [(x, sampled(x, y)) for x, y in batches], pruner)
+    def labels(self, y: torch.Tensor) -> Labels:
+        """Labels drawn from the model's own softmax over the logits of the same forward pass."""
+        def sampled(logits: torch.Tensor) -> torch.Tensor:
+            probs = torch.softmax(logits.float(), 1).cpu()  # the generator (and so the draws) is the CPU's
+            return torch.multinomial(probs, 1, generator=self._generator).view(-1).to(logits.device)
+        return sampled
 
 
 @register("hessian", CRITERION, needs_data=True, summary="OBD: mean per-sample grad^2 * w^2 (diagonal Hessian)",

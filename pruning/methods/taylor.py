@@ -7,7 +7,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .base import CRITERION, register
-from .gradient_scores import Batches, score_group
+from .gradient_scores import Batches, ElementwiseScores, score_group
 
 
 class TaylorImportance(tp.importance.GroupTaylorImportance):
@@ -17,9 +17,13 @@ class TaylorImportance(tp.importance.GroupTaylorImportance):
     GroupNorm pruning function and never matches).
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._elementwise = ElementwiseScores(lambda w, g: (w * g).abs())
+
     @torch.no_grad()
     def __call__(self, group):
-        return score_group(self, group, lambda w, g: (w * g).abs())
+        return score_group(self, group, self._elementwise)
 
     def calibrate(self, model: nn.Module, batches: Batches, pruner=None) -> int:
         model.eval()
