@@ -220,6 +220,24 @@ def test_a_weights_elementwise_scores_are_computed_once_until_it_changes():
     assert scores(pruned).shape == (2, 3) and len(calls) == 4
 
 
+def test_a_layer_used_twice_takes_the_general_path():
+    """The hooks would square each use's gradient apart; a shared layer's per-sample gradient sums its uses."""
+    from pruning.methods.per_sample_grads import hooked_grad_squares, per_sample_grad_squares, vmap_grad_squares
+
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared, self.head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.shared(torch.relu(self.shared(x)))))
+    torch.manual_seed(0)
+    model, x, y = Twice(), torch.randn(5, 4), torch.randint(3, (5,))
+    assert hooked_grad_squares(model, x, y) is None
+    squares, reference = per_sample_grad_squares(model, x, y), vmap_grad_squares(model, x, y)
+    assert all(torch.allclose(squares[n], reference[n]) for n in reference)
+
+
 def test_per_sample_conv_squares_agree_one_sample_or_many_at_once():
     """The CPU's one-sample-at-a-time products and the GPU's batched ones are the same sums."""
     from pruning.methods.per_sample_grads import conv_weight_squares

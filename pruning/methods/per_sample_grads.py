@@ -53,9 +53,14 @@ def hooked_grad_squares(model: nn.Module, x: torch.Tensor, y: Labels) -> dict | 
         else:
             sums[param] = value
 
+    calls: set = set()
+
     def on_output(module, args, output):
         # A tensor hook, not a module backward hook: it sees the gradient of this very output (of its value before
         # any later in-place op), without the extra autograd nodes a full backward hook inserts.
+        if module in calls:  # a layer used twice: its per-sample gradient sums both uses before squaring
+            raise _Unsupported
+        calls.add(module)
         if isinstance(output, torch.Tensor) and output.requires_grad:
             inp = args[0].detach()
             output.register_hook(lambda grad: _square_layer_grads(module, inp, grad.detach(), add))
